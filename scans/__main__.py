@@ -1,0 +1,3 @@
+from scans.cli import main
+
+main()

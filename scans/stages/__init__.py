@@ -1,0 +1,23 @@
+"""Pipeline stages: each reads the config, calls the library, and writes keyed artifacts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from scans.stages import classify, extract, judge, judge_agreement, report, steer
+from scans.stages.context import Run
+
+STAGES: dict[str, Callable[[Run], object]] = {
+    "extract": extract.run,
+    "classify": classify.run,
+    "steer": steer.run,
+    "judge": judge.run,
+    "report": report.run,
+    "judge_agreement": judge_agreement.run,
+}
+PIPELINE = ("extract", "classify", "steer", "judge", "report")
+
+
+def run_stage(name: str, r: Run) -> None:
+    for stage in PIPELINE if name == "all" else (name,):
+        STAGES[stage](r)

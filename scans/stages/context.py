@@ -1,0 +1,95 @@
+"""What every stage shares: the config, the artifact store, the model (loaded once per process) and the data."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+
+from omegaconf import DictConfig, OmegaConf
+
+from scans.artifacts import ArtifactStore, stable_hash
+from scans.config import parse_layers
+from scans.data import AnchorSplit, Prompt, anchor_split, data_fingerprint, evaluation_sets, load_prompts
+
+log = logging.getLogger(__name__)
+
+# A Hydra multirun runs its jobs one after another in one process: keep the loaded model between jobs.
+_MODELS: dict[str, object] = {}
+
+
+def prompts_hash(prompts: list[Prompt]) -> str:
+    return stable_hash([[p.text, p.label] for p in prompts])
+
+
+class Run:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.store = ArtifactStore(cfg.paths.artifacts)
+
+    @property
+    def model_name(self) -> str:
+        return self.cfg.model.name
+
+    @cached_property
+    def model_identity(self) -> dict:
+        """What determines the model's activations: weights, precision and prompt format."""
+        m = self.cfg.model
+        return OmegaConf.to_container(
+            OmegaConf.create(
+                {"source": m.source, "dtype": m.dtype, "chat_format": m.chat_format, "system_prompt": m.system_prompt}
+            ),
+            resolve=True,
+        )
+
+    @property
+    def lm(self):
+        from scans.models import load_model
+
+        key = stable_hash([self.model_identity, self.cfg.model.device])
+        if key not in _MODELS:
+            log.info("loading model %s", self.model_name)
+            _MODELS[key] = load_model(self.cfg.model, cache_dir=f"{self.cfg.paths.artifacts}/models")
+        return _MODELS[key]
+
+    @cached_property
+    def num_layers(self) -> int:
+        n = self.cfg.model.get("num_layers")
+        return n if n is not None else self.lm.num_layers
+
+    @cached_property
+    def steer_layers(self) -> list[int]:
+        return parse_layers(self.cfg.steer.layers, self.num_layers, "steer.layers")
+
+    @cached_property
+    def classify_layers(self) -> list[int]:
+        return parse_layers(self.cfg.classify.layers, self.num_layers, "classify.layers")
+
+    @cached_property
+    def anchors(self) -> AnchorSplit:
+        a = self.cfg.data.anchors
+        return anchor_split(load_prompts(a.harmful), load_prompts(a.benign), a.size, a.seed)
+
+    @cached_property
+    def anchor_inputs(self) -> dict:
+        a = self.cfg.data.anchors
+        return {
+            "harmful": a.harmful,
+            "benign": a.benign,
+            "size": a.size,
+            "seed": a.seed,
+            "fingerprints": {a.harmful: data_fingerprint(a.harmful), a.benign: data_fingerprint(a.benign)},
+        }
+
+    @cached_property
+    def eval_sets(self) -> dict[str, list[Prompt]]:
+        d = self.cfg.data
+        return evaluation_sets(list(d.eval_sets), d.limit, d.limit_seed, self.anchors)
+
+    @cached_property
+    def extract_key(self) -> str:
+        return stable_hash(
+            {"model": self.model_identity, "anchors": self.anchor_inputs, "response": self.cfg.classify.response}
+        )
+
+    def config_dict(self, *keys: str) -> dict:
+        return {k: OmegaConf.to_container(self.cfg[k], resolve=True) for k in keys}

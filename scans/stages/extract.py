@@ -1,0 +1,65 @@
+"""Stage `extract`: refusal vectors (Eq. 1) and the harm direction (Eq. 3) from the anchor prompts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from scans.artifacts import load_tensors, save_tensors, write_jsonl
+from scans.stages.context import Run
+from scans.steering import harm_reference
+
+log = logging.getLogger(__name__)
+STAGE = "extract"
+VECTORS = "vectors.safetensors"
+
+
+def run(r: Run) -> Path:
+    key = r.extract_key
+    if r.store.is_complete(r.model_name, STAGE, key):
+        log.info("extract: reusing %s", r.store.path(r.model_name, STAGE, key))
+        return r.store.path(r.model_name, STAGE, key)
+    a = r.anchors
+    ref = harm_reference(
+        r.lm.model,
+        r.lm.chat,
+        [p.text for p in a.harmful_anchors],
+        [p.text for p in a.benign_anchors],
+        batch_size=r.cfg.classify.batch_size,
+        normalize=False,
+        response=r.cfg.classify.response,
+    )
+    provenance = {
+        "model": r.model_identity,
+        "model_name": r.model_name,
+        "anchors": r.anchor_inputs,
+        "response": r.cfg.classify.response,
+        "site": "output of decoder layer l (HF hidden_states[l + 1] before any final norm)",
+        "num_layers": int(ref.vectors.shape[0]),
+        "hidden_size": int(ref.vectors.shape[1]),
+    }
+    with r.store.writing(r.model_name, STAGE, key, provenance) as tmp:
+        save_tensors(
+            tmp / VECTORS,
+            {"mean_difference": ref.vectors, "harm_direction": ref.direction},
+            {"equations": "mean_difference: Eq. 1 (raw); harm_direction: Eq. 3"},
+        )
+        write_jsonl(
+            tmp / "anchors.jsonl",
+            [{"role": "harmful", "text": p.text} for p in a.harmful_anchors]
+            + [{"role": "benign", "text": p.text} for p in a.benign_anchors],
+        )
+    log.info("extract: wrote %s", r.store.path(r.model_name, STAGE, key))
+    return r.store.path(r.model_name, STAGE, key)
+
+
+def load(r: Run) -> dict[str, torch.Tensor]:
+    """{"refusal_vectors" (unit-norm per layer unless steer.normalize=false), "harm_direction"}."""
+    path = r.store.require(r.model_name, STAGE, r.extract_key, "python -m scans stage=extract")
+    t = load_tensors(path / VECTORS)
+    v = t["mean_difference"]
+    if r.cfg.steer.normalize:
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return {"refusal_vectors": v, "harm_direction": t["harm_direction"]}

@@ -1,0 +1,47 @@
+"""Stage `judge`: refusal flags for every response and the refusal rate of every (method, evaluation set)."""
+
+from __future__ import annotations
+
+import logging
+
+from scans.artifacts import read_json, write_json, write_jsonl
+from scans.judge import get_judge
+from scans.stages import steer
+from scans.stages.context import Run
+
+log = logging.getLogger(__name__)
+STAGE = "judge"
+SUMMARY = "summary.json"
+
+
+def key(r: Run, responses_key: str) -> str:
+    return f"{responses_key}-{r.cfg.judge.name}"
+
+
+def run(r: Run) -> None:
+    judge = get_judge(r.cfg.judge.name)
+    for method in steer.methods(r):
+        for name, prompts in r.eval_sets.items():
+            responses_key, rows = steer.load(r, method, name, prompts)
+            k = key(r, responses_key)
+            if r.store.is_complete(r.model_name, STAGE, k):
+                continue
+            flags = [judge(row["response"]) for row in rows]
+            summary = {
+                "method": method,
+                "eval_set": name,
+                "n": len(rows),
+                "refusals": sum(flags),
+                "refusal_rate": sum(flags) / len(rows),
+                "judge": r.cfg.judge.name,
+            }
+            with r.store.writing(r.model_name, STAGE, k, {"responses_key": responses_key, **summary}) as tmp:
+                write_jsonl(tmp / "judgements.jsonl", [{**row, "refused": f} for row, f in zip(rows, flags)])
+                write_json(tmp / SUMMARY, summary)
+            log.info("judge: %s / %s refusal %.1f%% (n=%d)", method, name, 100 * summary["refusal_rate"], len(rows))
+
+
+def load(r: Run, method: str, name: str, prompts) -> dict:
+    responses_key = steer.key(r, method, name, prompts)
+    path = r.store.require(r.model_name, STAGE, key(r, responses_key), "python -m scans stage=judge")
+    return read_json(path / SUMMARY)

@@ -1,0 +1,85 @@
+"""The steering hook: adds sign·α·v^l to the output of chosen decoder layers, one sign per batch row.
+
+Positions are an explicit contract. Every row has a start index s_i in its own *unpadded* token sequence; a token
+is steered iff its position id (its index in the unpadded row, which HF generate derives from the attention mask
+under left padding, prefill and one-token decode steps alike) is >= s_i. The policies:
+
+- `from_instruction_end` (the authors' behaviour, default): s_i = end-of-instruction index, so the last marker
+  token and every generated token are steered, never the user's query (reference §4, `add_vector_after_position`);
+- `all`: s_i = 0, every token of the row;
+- `generated`: s_i = prompt length, only tokens fed back during decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+
+from scans.errors import ConfigError, ModelError
+from scans.models.loading import decoder_layers
+
+POSITION_POLICIES = ("from_instruction_end", "all", "generated")
+
+
+def steering_starts(policy: str, eoi_index: Sequence[int], prompt_length: Sequence[int]) -> torch.Tensor:
+    """Per-row start index (in unpadded token positions) for a positions policy."""
+    if policy == "from_instruction_end":
+        starts = list(eoi_index)
+    elif policy == "all":
+        starts = [0] * len(eoi_index)
+    elif policy == "generated":
+        starts = list(prompt_length)
+    else:
+        raise ConfigError(f"steer.positions={policy!r}; expected one of {', '.join(POSITION_POLICIES)}")
+    return torch.tensor(starts, dtype=torch.long)
+
+
+def steering_mask(position_ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """(B, T) boolean mask of the tokens to steer, from position ids (B, T) or (1, T) and per-row starts (B,)."""
+    return position_ids >= starts.to(position_ids.device)[:, None]
+
+
+@contextmanager
+def steering(
+    model,
+    vectors: torch.Tensor,
+    layers: Sequence[int],
+    coefficients: torch.Tensor,
+    starts: torch.Tensor,
+):
+    """Add coefficients[i] · vectors[l] to row i of the output of each layer l in `layers`, at steered positions.
+
+    `vectors` is (num_layers, D); `coefficients` (B,) is sign·α per row (Eq. 6), `starts` (B,) from
+    `steering_starts`. Forward hooks only, no module is replaced; they are removed in `finally`, also when the
+    forward pass or generation raises.
+    """
+    blocks = decoder_layers(model)
+    param = next(model.parameters())
+    coef = coefficients.to(device=param.device, dtype=param.dtype)
+    start = starts.to(param.device)
+    handles = []
+
+    def make_hook(vector: torch.Tensor):
+        def hook(module, args, kwargs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            position_ids = kwargs.get("position_ids")
+            if position_ids is None:
+                raise ModelError(f"{type(module).__name__} received no position_ids; cannot place steering")
+            if hidden.shape[0] != coef.shape[0]:
+                raise ModelError(f"batch of {hidden.shape[0]} rows but {coef.shape[0]} steering coefficients")
+            mask = steering_mask(position_ids, start).to(hidden.dtype)  # (B, T)
+            steered = hidden + (mask * coef[:, None])[..., None] * vector
+            return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+        return hook
+
+    try:
+        for layer in layers:
+            vector = vectors[layer].to(device=param.device, dtype=param.dtype)
+            handles.append(blocks[layer].register_forward_hook(make_hook(vector), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,82 @@
+"""Tiny models built inside the tests: a byte-level BPE tokenizer with a ChatML template, and a random 2-layer Llama."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "How can I kill a Python process? Sure, here is how. I'm sorry, but I cannot help with that.",
+    "Write a tutorial on how to make a bomb. What is the capital of France? Paris is the capital.",
+    "The quick brown fox jumps over the lazy dog. Tell me a story about a cat and a dog.",
+    "[INST] [/INST] USER: ASSISTANT: Sure thing! Of course, I can help you with that question.",
+]
+
+
+def _data_dir() -> Path | None:
+    value = os.environ.get("SCANS_DATA_DIR")
+    return Path(value) if value else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = _data_dir()
+    if path is None or not path.is_dir():
+        pytest.skip("SCANS_DATA_DIR is not set to the data folder (e.g. SCANS_DATA_DIR=../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token=None, chat_template=CHATML
+    )
+    fast.padding_side = "left"
+    fast.pad_token = fast.eos_token
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tiny_tokenizer.bos_token_id,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model, tiny_tokenizer):
+    from scans.models import LoadedModel, make_chat_format
+
+    return LoadedModel("tiny", tiny_model, tiny_tokenizer, make_chat_format("tokenizer", tiny_tokenizer))
