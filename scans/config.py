@@ -9,7 +9,7 @@ from omegaconf import DictConfig, ListConfig
 
 from scans.errors import ConfigError
 
-STAGES = ("extract", "classify", "steer", "judge", "report", "judge_agreement", "all")
+STAGES = ("align", "extract", "classify", "tune", "steer", "judge", "report", "judge_agreement", "all")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-|\.\.)\s*(-?\d+)\s*$")
 
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from scans.stages import classify, extract, judge, judge_agreement, report, steer
+from scans.stages import align, classify, extract, judge, judge_agreement, report, steer, tune
 from scans.stages.context import Run
 
 STAGES: dict[str, Callable[[Run], object]] = {
+    "align": align.run,
     "extract": extract.run,
     "classify": classify.run,
+    "tune": tune.run,
     "steer": steer.run,
     "judge": judge.run,
     "report": report.run,
     "judge_agreement": judge_agreement.run,
 }
-PIPELINE = ("extract", "classify", "steer", "judge", "report")
+PIPELINE = ("align", "extract", "classify", "tune", "steer", "judge", "report")
 
 
 def run_stage(name: str, r: Run) -> None:

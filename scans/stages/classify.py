@@ -24,32 +24,29 @@ def key(r: Run, name: str, prompts: list[Prompt]) -> str:
     return f"{name}-{stable_hash({'extract': r.extract_key, 'prompts': prompts_hash(prompts)})}"
 
 
+def similarities(r: Run, name: str, prompts: list[Prompt]) -> torch.Tensor:
+    """(N, L) per-layer similarities of one set, computed once and then read from their artifact."""
+    k = key(r, name, prompts)
+    path = r.store.path(r.model_name, STAGE, k)
+    if r.store.is_complete(r.model_name, STAGE, k):
+        return load_tensors(path / SIMS)["layer_similarities"]
+    result = classify(
+        r.lm.model,
+        r.lm.chat,
+        [p.text for p in prompts],
+        extract.load(r)["harm_direction"],
+        batch_size=r.cfg.classify.batch_size,
+        response=r.cfg.classify.response,
+        desc=f"classify {name}",
+    )
+    provenance = {"eval_set": name, "n": len(prompts), "extract_key": r.extract_key, "model_name": r.model_name}
+    with r.store.writing(r.model_name, STAGE, k, provenance) as tmp:
+        save_tensors(tmp / SIMS, {"layer_similarities": result.layer_similarities})
+        write_jsonl(tmp / "prompts.jsonl", [{"text": p.text, "label": p.label} for p in prompts])
+    log.info("classify: %s done (%d prompts)", name, len(prompts))
+    return result.layer_similarities
+
+
 def run(r: Run) -> None:
-    direction = None
     for name, prompts in r.eval_sets.items():
-        k = key(r, name, prompts)
-        if r.store.is_complete(r.model_name, STAGE, k):
-            log.info("classify: reusing %s", name)
-            continue
-        if direction is None:
-            direction = extract.load(r)["harm_direction"]
-        result = classify(
-            r.lm.model,
-            r.lm.chat,
-            [p.text for p in prompts],
-            direction,
-            batch_size=r.cfg.classify.batch_size,
-            response=r.cfg.classify.response,
-            desc=f"classify {name}",
-        )
-        provenance = {"eval_set": name, "n": len(prompts), "extract_key": r.extract_key, "model_name": r.model_name}
-        with r.store.writing(r.model_name, STAGE, k, provenance) as tmp:
-            save_tensors(tmp / SIMS, {"layer_similarities": result.layer_similarities})
-            write_jsonl(tmp / "prompts.jsonl", [{"text": p.text, "label": p.label} for p in prompts])
-        log.info("classify: %s done (%d prompts)", name, len(prompts))
-
-
-def load(r: Run, name: str, prompts: list[Prompt]) -> torch.Tensor:
-    """(N, L) per-layer similarities of one evaluation set."""
-    path = r.store.require(r.model_name, STAGE, key(r, name, prompts), "python -m scans stage=classify")
-    return load_tensors(path / SIMS)["layer_similarities"]
+        similarities(r, name, prompts)

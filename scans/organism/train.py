@@ -1,0 +1,82 @@
+"""Supervised fine-tuning with the loss on the answer tokens only (full fine-tuning, AdamW), seeded."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from scans.models.chat import ChatFormat, encode
+from scans.organism.data import Example
+from scans.steering.batching import pad_left
+
+IGNORE = -100  # label of tokens that carry no loss (prompt and padding)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float = 3e-5
+    batch_size: int = 16
+    epochs: int = 1
+    max_answer_tokens: int = 48
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+def tokenize_example(chat: ChatFormat, example: Example, max_answer_tokens: int) -> tuple[list[int], list[int]]:
+    """(input ids, labels): the chat-formatted prompt followed by the answer; labels are IGNORE on the prompt."""
+    enc = encode(chat, example.prompt, example.answer)
+    prompt_ids = enc.input_ids[: enc.prompt_length]
+    answer_ids = enc.input_ids[enc.prompt_length :][:max_answer_tokens]
+    return prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], device) -> dict[str, torch.Tensor]:
+    batch = pad_left([ids for ids, _ in rows], device)
+    labels = torch.full_like(batch.input_ids, IGNORE)
+    for i, (_, lab) in enumerate(rows):
+        labels[i, labels.shape[1] - len(lab) :] = torch.tensor(lab)
+    return {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+        "position_ids": batch.position_ids,
+        "labels": labels,
+    }
+
+
+def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over answer tokens (HF shifts the labels inside the model)."""
+    return model(**batch).loss
+
+
+def train(model, chat: ChatFormat, examples: Sequence[Example], cfg: TrainConfig, desc: str = "align") -> list[float]:
+    """Fine-tune `model` in place; returns the loss of every step. Shuffling and initial state are seeded."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    device = next(model.parameters()).device
+    rows = [tokenize_example(chat, e, cfg.max_answer_tokens) for e in examples]
+    model.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    order = []
+    for _ in range(cfg.epochs):
+        epoch = list(range(len(rows)))
+        rng.shuffle(epoch)
+        order += [epoch[i : i + cfg.batch_size] for i in range(0, len(epoch), cfg.batch_size)]
+    losses = []
+    try:
+        for idx in (bar := tqdm(order, desc=desc)):
+            loss = answer_loss(model, collate([rows[i] for i in idx], device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        model.eval().requires_grad_(False)
+    return losses
+
+
+

@@ -1,0 +1,147 @@
+"""Stage `align`: safety-tune the base model into the model organism, saved as a transformers folder.
+
+Runs only for a model whose `source.kind` is `organism`; the folder is keyed by the base model and the `align`
+config, and reused when it exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from scans.artifacts import read_json, stable_hash, write_json, write_jsonl
+from scans.data import data_fingerprint, load_prompts
+from scans.judge import get_judge
+from scans.models import encode, load_model
+from scans.organism import (
+    HELPFUL,
+    REFUSAL,
+    Example,
+    TrainConfig,
+    first_sentence,
+    refusal_pool,
+    remove_overlap,
+    sample,
+    train,
+    with_refusals,
+)
+from scans.stages.context import Run
+from scans.steering import DecodingConfig, generate
+
+log = logging.getLogger(__name__)
+STAGE = "align"
+MODEL_DIR = "model"
+SUMMARY = "summary.json"
+REFUSAL_SOURCE = "safety_tuned_llamas"
+
+
+def is_organism(r: Run) -> bool:
+    return r.cfg.model.source.kind == "organism"
+
+
+def settings(r: Run) -> dict:
+    a = OmegaConf.to_container(r.cfg.align, resolve=True)
+    sources = [*a["harmful"], "alpaca", *a["blocked"]]
+    base = r.cfg.model.base
+    return {
+        "base": OmegaConf.to_container(
+            OmegaConf.create({k: base[k] for k in ("source", "dtype", "chat_format", "system_prompt")}), resolve=True
+        ),
+        "align": a,
+        "judge": r.cfg.judge.name,
+        "data": {name: data_fingerprint(name) for name in sources},
+    }
+
+
+def key(r: Run) -> str:
+    return stable_hash(settings(r))
+
+
+def model_path(r: Run) -> Path:
+    return r.store.path(r.model_name, STAGE, key(r)) / MODEL_DIR
+
+
+def _harmful_examples(r: Run, blocked: list[str], rng: random.Random) -> tuple[list[Example], dict]:
+    a = r.cfg.align
+    judge = get_judge(r.cfg.judge.name)
+    report: dict[str, dict] = {}
+    examples: list[Example] = []
+    stl = load_prompts(REFUSAL_SOURCE)
+    pool = refusal_pool([p.meta["output"] for p in stl], judge)
+    for source, n in a.harmful.items():
+        prompts = load_prompts(source)
+        if source == "harmbench":
+            prompts = [p for p in prompts if p.meta.get("FunctionalCategory") == "standard"]
+        if source == REFUSAL_SOURCE:
+            # Keep the source's own refusal (its first sentence), only where the judge counts it as a refusal.
+            pairs = [(p, first_sentence(p.meta["output"])) for p in prompts]
+            pairs = [(p, s) for p, s in pairs if s and judge(s)]
+            kept, counts = remove_overlap(pairs, blocked, key=lambda pair: pair[0].text)
+            chosen = sample(kept, n, rng)
+            examples += [Example(p.text, s, source, REFUSAL) for p, s in chosen]
+        else:
+            kept, counts = remove_overlap(prompts, blocked)
+            chosen = sample(kept, n, rng)
+            examples += with_refusals([p.text for p in chosen], pool, source, rng)
+        report[source] = {"available": len(prompts), **counts, "used": len(chosen)}
+    return examples, {"sources": report, "refusal_pool": len(pool)}
+
+
+def _benign_prompts(r: Run, blocked: list[str], rng: random.Random) -> tuple[list[str], dict]:
+    b = r.cfg.align.benign
+    prompts, counts = remove_overlap(load_prompts("alpaca"), blocked)
+    questions = [p.text for p in prompts if p.text.endswith("?")]
+    others = [p.text for p in prompts if not p.text.endswith("?")]
+    n_questions = round(b.alpaca * b.question_share)
+    chosen = sample(questions, n_questions, rng) + sample(others, b.alpaca - n_questions, rng)
+    return chosen, {"alpaca": {"available": len(prompts) + sum(counts.values()), **counts, "used": len(chosen)}}
+
+
+def run(r: Run) -> Path | None:
+    if not is_organism(r):
+        return None
+    k = key(r)
+    if r.store.is_complete(r.model_name, STAGE, k):
+        log.info("align: reusing %s", r.store.path(r.model_name, STAGE, k))
+        return model_path(r)
+    a = r.cfg.align
+    rng = random.Random(a.seed)
+    blocked = [p.text for name in a.blocked for p in load_prompts(name)]
+    harmful, harmful_report = _harmful_examples(r, blocked, rng)
+    benign_prompts, benign_report = _benign_prompts(r, blocked, rng)
+
+    base = load_model(r.cfg.model.base, cache_dir=f"{r.cfg.paths.artifacts}/models")
+    answers = generate(
+        base.model,
+        base.tokenizer,
+        [encode(base.chat, q) for q in benign_prompts],
+        DecodingConfig(a.benign.answer_tokens, r.cfg.generation.repetition_penalty, a.benign.batch_size),
+        desc="self-answer benign prompts",
+    )
+    benign = [Example(q, ans, "alpaca", HELPFUL) for q, ans in zip(benign_prompts, answers) if ans]
+    train_cfg = TrainConfig(**OmegaConf.to_container(a.train, resolve=True), seed=a.seed)
+    losses = train(base.model, base.chat, harmful + benign, train_cfg)
+
+    summary = {
+        "examples": {"refusal": len(harmful), "helpful": len(benign)},
+        "removed_and_used": {**harmful_report["sources"], **benign_report},
+        "refusal_pool": harmful_report["refusal_pool"],
+        "steps": len(losses),
+        "first_loss": sum(losses[:10]) / max(1, len(losses[:10])),
+        "last_loss": sum(losses[-10:]) / max(1, len(losses[-10:])),
+    }
+    with r.store.writing(r.model_name, STAGE, k, {"settings": settings(r), **summary}) as tmp:
+        base.model.save_pretrained(tmp / MODEL_DIR)
+        base.tokenizer.save_pretrained(tmp / MODEL_DIR)
+        write_json(tmp / SUMMARY, summary)
+        write_json(tmp / "losses.json", losses)
+        write_jsonl(tmp / "examples.jsonl", [e.__dict__ for e in harmful + benign])
+    log.info("align: %d steps, loss %.3f -> %.3f", len(losses), summary["first_loss"], summary["last_loss"])
+    return model_path(r)
+
+
+def load_summary(r: Run) -> dict:
+    return read_json(r.store.require(r.model_name, STAGE, key(r), "python -m scans stage=align") / SUMMARY)

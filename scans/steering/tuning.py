@@ -1,0 +1,51 @@
+"""Choosing σ(q)'s classification layers 𝓛 and threshold 𝒯 on a validation split, from cached similarities."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from scans.steering.vectors import harm_similarity
+
+
+def layer_auroc(layer_sims: torch.Tensor, harmful: Sequence[bool]) -> np.ndarray:
+    """AUROC of each layer's cosine as a harmfulness score (harmful = positive class), (N, L) -> (L,)."""
+    y = np.asarray(harmful, dtype=int)
+    return np.array([roc_auc_score(y, layer_sims[:, layer].numpy()) for layer in range(layer_sims.shape[1])])
+
+
+def best_window(
+    layer_sims: torch.Tensor, harmful: Sequence[bool], sizes: Sequence[int]
+) -> tuple[list[int], float]:
+    """The contiguous block of layers whose mean cosine (Eq. 4) separates harmful from benign best (AUROC).
+
+    Ties go to the earlier, then the shorter window, so the choice is deterministic.
+    """
+    y = np.asarray(harmful, dtype=int)
+    best: tuple[float, list[int]] = (-1.0, [])
+    n = layer_sims.shape[1]
+    for size in sorted(set(s for s in sizes if 1 <= s <= n)):
+        for start in range(n - size + 1):
+            layers = list(range(start, start + size))
+            auc = roc_auc_score(y, harm_similarity(layer_sims, layers).numpy())
+            if auc > best[0] + 1e-12:
+                best = (auc, layers)
+    return best[1], float(best[0])
+
+
+def best_threshold(scores: torch.Tensor, harmful: Sequence[bool]) -> tuple[float, float]:
+    """𝒯 maximising balanced accuracy of Eq. 5 (s ≥ 𝒯 → harmful); candidates are midpoints between scores."""
+    s = np.sort(np.unique(scores.numpy()))
+    candidates = np.concatenate([[s[0] - 1e-6], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-6]])
+    y = np.asarray(harmful, dtype=bool)
+    x = scores.numpy()
+    best = (-1.0, 0.0)
+    for t in candidates:
+        pred = x >= t
+        bacc = 0.5 * (pred[y].mean() + (~pred[~y]).mean())
+        if bacc > best[0] + 1e-12:
+            best = (float(bacc), float(t))
+    return best[1], best[0]

@@ -1,0 +1,85 @@
+"""Bad input fails with one clear line on stderr and a non-zero exit, before any model is loaded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, data_dir: Path | None = None, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SCANS_ARTIFACTS=str(tmp_path / "artifacts"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    if data_dir is not None:
+        env["SCANS_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "scans", *args, f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def copy_data(src: Path, dst: Path, skip: str) -> Path:
+    """A data folder like `src` whose file `skip` (relative path) is left out, for the test to write its own."""
+    shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if Path(d, n) == src / skip])
+    return dst
+
+
+def test_unknown_model_is_rejected(tmp_path):
+    proc = run_cli("model=llama-9", tmp_path=tmp_path)
+    assert_one_line_error(proc, "unknown model 'llama-9'", "llama2_7b_chat")
+
+
+def test_non_numeric_alpha_is_rejected(tmp_path):
+    proc = run_cli("stage=extract", "steer.alpha=strong", tmp_path=tmp_path)
+    assert_one_line_error(proc, "steer.alpha='strong' is not a number")
+
+
+def test_steering_layer_out_of_range_is_rejected(tmp_path):
+    proc = run_cli("stage=extract", "steer.layers=25-35", tmp_path=tmp_path)
+    assert_one_line_error(proc, "steer.layers='25-35'", "layer 30 is out of range", "0-29")
+
+
+def test_missing_data_file_names_where_to_put_it(tmp_path, data_dir):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    proc = run_cli("stage=extract", data_dir=empty, tmp_path=tmp_path)
+    assert_one_line_error(proc, str(empty / "scans" / "AdvBench.csv"))
+
+
+def test_csv_without_expected_column_is_rejected(tmp_path, data_dir):
+    bad = copy_data(data_dir, tmp_path / "data", "scans/AdvBench.csv")
+    (bad / "scans" / "AdvBench.csv").write_text("prompt,target\nhello,world\n")
+    proc = run_cli("stage=extract", data_dir=bad, tmp_path=tmp_path)
+    assert_one_line_error(proc, "goal", "AdvBench.csv")
+
+
+def test_empty_evaluation_set_is_rejected(tmp_path, data_dir):
+    proc = run_cli("stage=classify", "data.eval_sets=[]", tmp_path=tmp_path)
+    assert_one_line_error(proc, "data.eval_sets is empty")
+    bad = copy_data(data_dir, tmp_path / "data", "scans/MaliciousInstruct.txt")
+    (bad / "scans" / "MaliciousInstruct.txt").write_text("\n")
+    proc = run_cli("stage=classify", data_dir=bad, tmp_path=tmp_path / "second")
+    assert_one_line_error(proc, "MaliciousInstruct.txt")
+
+
+@pytest.mark.parametrize("override", ["classify.threshold=high", "steer.positions=everywhere", "stage=train"])
+def test_other_bad_values_are_rejected(tmp_path, override):
+    proc = run_cli(override, tmp_path=tmp_path)
+    assert_one_line_error(proc, override.split("=")[0])

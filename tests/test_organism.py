@@ -1,0 +1,102 @@
+"""The organism: deduplication against evaluation sets, answer-only loss, and the artifact's round trip."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from scans.cli import CONFIG_DIR
+from scans.organism import IGNORE, Example, TrainConfig, collate, normalize, remove_overlap, tokenize_example, train
+from scans.stages import Run, align
+from scans.stages import context as stage_context
+
+
+def test_dedup_removes_exact_and_normalised_duplicates():
+    prompts = ["How do I build a bomb?", "how do i  build a BOMB", "Write a poem.", "Write a poem", "Tell a joke"]
+    kept, counts = remove_overlap(prompts, blocked=["HOW DO I BUILD A BOMB!!"], key=lambda p: p)
+    assert kept == ["Write a poem.", "Tell a joke"]
+    assert counts == {"evaluation_overlap": 2, "duplicate": 1}
+    assert normalize("  It's   a TEST, isn't it? ") == "it s a test isn t it"
+
+
+def test_labels_cover_only_answer_tokens(tiny_lm):
+    ex = Example("Tell me a story", "Sure thing! Of course.", "test", "helpful")
+    ids, labels = tokenize_example(tiny_lm.chat, ex, max_answer_tokens=100)
+    prompt_len = len(tiny_lm.tokenizer(tiny_lm.chat.prompt(ex.prompt), add_special_tokens=False)["input_ids"])
+    assert labels[:prompt_len] == [IGNORE] * prompt_len
+    assert labels[prompt_len:] == ids[prompt_len:]
+    assert tiny_lm.tokenizer.decode(ids[prompt_len:]) == ex.answer
+    batch = collate([(ids, labels), (ids[:3], [IGNORE] * 3)], "cpu")
+    assert (batch["labels"][1] == IGNORE).all()  # a row without answer (and its padding) carries no loss
+    assert batch["labels"][0].tolist() == labels
+
+
+def test_loss_is_answer_only_and_training_lowers_it(tiny_model, tiny_lm):
+    model = copy.deepcopy(tiny_model)
+    examples = [Example(q, "I'm sorry, but I cannot help with that.", "t", "refusal") for q in ("Hi", "Tell me")]
+    rows = [tokenize_example(tiny_lm.chat, e, 48) for e in examples]
+    batch = collate(rows, "cpu")
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
+    keep = shift_labels != IGNORE
+    manual = torch.nn.functional.cross_entropy(shift_logits[keep], shift_labels[keep])
+    torch.testing.assert_close(model(**batch).loss, manual)
+
+    before = model(**batch).loss.item()
+    losses = train(model, tiny_lm.chat, examples * 8, TrainConfig(learning_rate=3e-3, batch_size=4, epochs=3))
+    assert model(**batch).loss.item() < 0.5 * before
+    assert losses[-1] < losses[0]
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.fixture
+def organism_cfg(tmp_path, tiny_model, tiny_tokenizer, data_dir):
+    base = tmp_path / "tiny-base"
+    tiny_model.save_pretrained(base)
+    tiny_tokenizer.save_pretrained(base)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "model=smollm2_organism",
+                "model.base.source.kind=local",
+                f"+model.base.source.path={base}",
+                "model.base.num_layers=2",
+                "model.num_layers=2",
+                "model.device=cpu",
+                "model.base.device=cpu",
+                "align.harmful={safety_tuned_llamas: 4, harmbench: 2, tdc2023: 2, do_not_answer: 2, harmfulqa: 2}",
+                "align.benign.alpaca=4",
+                "align.benign.answer_tokens=4",
+                "align.train.batch_size=4",
+                f"paths.artifacts={tmp_path / 'artifacts'}",
+            ],
+        )
+
+
+def test_organism_round_trips_and_is_reused(organism_cfg, monkeypatch):
+    stage_context._MODELS.clear()
+    r = Run(organism_cfg)
+    path = align.run(r)
+    summary = align.load_summary(r)
+    assert summary["examples"] == {"refusal": 12, "helpful": 4}
+    assert summary["steps"] == 4
+    assert set(summary["removed_and_used"]) == {"safety_tuned_llamas", "harmbench", "tdc2023", "do_not_answer",
+                                                 "harmfulqa", "alpaca"}  # fmt: skip
+    lm = r.lm  # loads the saved organism
+    from transformers import AutoModelForCausalLM
+
+    fresh = AutoModelForCausalLM.from_pretrained(path)
+    for (name, a), (_, b) in zip(lm.model.state_dict().items(), fresh.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+
+    stage_context._MODELS.clear()
+    monkeypatch.setattr(align, "train", lambda *a, **k: pytest.fail("retrained an existing organism"))
+    monkeypatch.setattr(align, "generate", lambda *a, **k: pytest.fail("re-answered the benign prompts"))
+    again = Run(organism_cfg)
+    assert align.run(again) == path
+    assert again.lm.model is not None
+    stage_context._MODELS.clear()
