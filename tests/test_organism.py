@@ -9,7 +9,17 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from scans.cli import CONFIG_DIR
-from scans.organism import IGNORE, Example, TrainConfig, collate, normalize, remove_overlap, tokenize_example, train
+from scans.organism import (
+    IGNORE,
+    Example,
+    TrainConfig,
+    answer_loss,
+    collate,
+    normalize,
+    remove_overlap,
+    tokenize_example,
+    train,
+)
 from scans.stages import Run, align
 from scans.stages import context as stage_context
 
@@ -39,15 +49,12 @@ def test_loss_is_answer_only_and_training_lowers_it(tiny_model, tiny_lm):
     examples = [Example(q, "I'm sorry, but I cannot help with that.", "t", "refusal") for q in ("Hi", "Tell me")]
     rows = [tokenize_example(tiny_lm.chat, e, 48) for e in examples]
     batch = collate(rows, "cpu")
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
-    keep = shift_labels != IGNORE
-    manual = torch.nn.functional.cross_entropy(shift_logits[keep], shift_labels[keep])
-    torch.testing.assert_close(model(**batch).loss, manual)
+    # Our loss (LM head on answer positions only) equals HF's full-sequence loss with the prompt labels ignored.
+    torch.testing.assert_close(answer_loss(model, batch), model(**batch).loss)
 
-    before = model(**batch).loss.item()
+    before = answer_loss(model, batch).item()
     losses = train(model, tiny_lm.chat, examples * 8, TrainConfig(learning_rate=3e-3, batch_size=4, epochs=3))
-    assert model(**batch).loss.item() < 0.5 * before
+    assert answer_loss(model, batch).item() < 0.5 * before
     assert losses[-1] < losses[0]
     assert not model.training and not any(p.requires_grad for p in model.parameters())
 

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from scans.models.chat import ChatFormat, encode
 from scans.organism.data import Example
-from scans.steering.batching import pad_left
+from scans.steering.batching import length_sorted_batches, pad_left
 
 IGNORE = -100  # label of tokens that carry no loss (prompt and padding)
 
@@ -48,8 +48,18 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], device) -> dict[str, to
 
 
 def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over answer tokens (HF shifts the labels inside the model)."""
-    return model(**batch).loss
+    """Mean next-token cross-entropy over the answer tokens.
+
+    The LM head runs only at the positions that predict an answer token: the vocabulary-sized logits of every prompt
+    and padding position would cost a fifth of the step on a 135M model and carry no loss.
+    """
+    hidden = model.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
 def train(model, chat: ChatFormat, examples: Sequence[Example], cfg: TrainConfig, desc: str = "align") -> list[float]:
@@ -60,11 +70,12 @@ def train(model, chat: ChatFormat, examples: Sequence[Example], cfg: TrainConfig
     rows = [tokenize_example(chat, e, cfg.max_answer_tokens) for e in examples]
     model.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # Batches of similar length (little padding), visited in a seeded random order.
     order = []
     for _ in range(cfg.epochs):
-        epoch = list(range(len(rows)))
+        epoch = list(length_sorted_batches([len(ids) for ids, _ in rows], cfg.batch_size))
         rng.shuffle(epoch)
-        order += [epoch[i : i + cfg.batch_size] for i in range(0, len(epoch), cfg.batch_size)]
+        order += epoch
     losses = []
     try:
         for idx in (bar := tqdm(order, desc=desc)):

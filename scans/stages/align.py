@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from scans.artifacts import read_json, stable_hash, write_json, write_jsonl
+from scans.artifacts import read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from scans.data import data_fingerprint, load_prompts
 from scans.judge import get_judge
 from scans.models import encode, load_model
@@ -100,6 +100,22 @@ def _benign_prompts(r: Run, blocked: list[str], rng: random.Random) -> tuple[lis
     return chosen, {"alpaca": {"available": len(prompts) + sum(counts.values()), **counts, "used": len(chosen)}}
 
 
+def self_answers(r: Run, base, prompts: list[str]) -> list[str]:
+    """The base model's greedy answers to the benign prompts, cached on their own (training settings may change)."""
+    b = r.cfg.align.benign
+    decoding = DecodingConfig(b.answer_tokens, r.cfg.generation.repetition_penalty, b.batch_size)
+    k = "answers-" + stable_hash({"base": settings(r)["base"], "prompts": prompts, "decoding": decoding.__dict__})
+    path = r.store.path(r.model_name, STAGE, k) / "answers.jsonl"
+    if r.store.is_complete(r.model_name, STAGE, k):
+        return [row["answer"] for row in read_jsonl(path)]
+    answers = generate(
+        base.model, base.tokenizer, [encode(base.chat, q) for q in prompts], decoding, desc="self-answer benign prompts"
+    )
+    with r.store.writing(r.model_name, STAGE, k, {"n": len(prompts)}) as tmp:
+        write_jsonl(tmp / path.name, [{"prompt": q, "answer": a} for q, a in zip(prompts, answers)])
+    return answers
+
+
 def run(r: Run) -> Path | None:
     if not is_organism(r):
         return None
@@ -114,13 +130,7 @@ def run(r: Run) -> Path | None:
     benign_prompts, benign_report = _benign_prompts(r, blocked, rng)
 
     base = load_model(r.cfg.model.base, cache_dir=f"{r.cfg.paths.artifacts}/models")
-    answers = generate(
-        base.model,
-        base.tokenizer,
-        [encode(base.chat, q) for q in benign_prompts],
-        DecodingConfig(a.benign.answer_tokens, r.cfg.generation.repetition_penalty, a.benign.batch_size),
-        desc="self-answer benign prompts",
-    )
+    answers = self_answers(r, base, benign_prompts)
     benign = [Example(q, ans, "alpaca", HELPFUL) for q, ans in zip(benign_prompts, answers) if ans]
     train_cfg = TrainConfig(**OmegaConf.to_container(a.train, resolve=True), seed=a.seed)
     losses = train(base.model, base.chat, harmful + benign, train_cfg)
