@@ -17,6 +17,8 @@ def run_cli(*args: str, data_dir: Path | None = None, tmp_path: Path) -> subproc
     env = dict(os.environ, SCANS_ARTIFACTS=str(tmp_path / "artifacts"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     if data_dir is not None:
         env["SCANS_DATA_DIR"] = str(data_dir)
+    if not any(a.startswith("model=") for a in args):
+        args = ("model=smollm2_135m_instruct", *args)  # the base model: no alignment data in the way
     return subprocess.run(
         [sys.executable, "-m", "scans", *args, f"hydra.run.dir={tmp_path / 'out'}"],
         cwd=ROOT,
@@ -39,6 +41,13 @@ def copy_data(src: Path, dst: Path, skip: str) -> Path:
     """A data folder like `src` whose file `skip` (relative path) is left out, for the test to write its own."""
     shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if Path(d, n) == src / skip])
     return dst
+
+
+def test_missing_alignment_data_is_named_for_the_organism(tmp_path):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    proc = run_cli("model=smollm2_organism", "stage=extract", data_dir=empty, tmp_path=tmp_path)
+    assert_one_line_error(proc, str(empty / "safety_tuned_llamas" / "training"))
 
 
 def test_unknown_model_is_rejected(tmp_path):
