@@ -20,7 +20,8 @@ setup: $(PY)
 test:
 	$(PY) -m pytest
 
-# Every table of the current scope, for the embedded default model (a CPU laptop: about 20 minutes).
+# Every table of the current scope for the embedded default (2 CPU cores: ~20 min to build the organism, ~45 min
+# for its Table 2 rows and the base model's Default responses).
 reproduce:
 	$(RUN) stage=judge_agreement
 	$(RUN) stage=all
@@ -29,7 +30,7 @@ report:
 	$(RUN) stage=report
 
 bench:
-	$(PY) scripts/bench_steering.py --batch-sizes 1 16
+	$(PY) scripts/bench_steering.py --batch-sizes 1 16 --repeats 5
 
 clean:
 	rm -rf outputs multirun .pytest_cache

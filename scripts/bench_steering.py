@@ -18,7 +18,8 @@ from hydra import compose, initialize_config_dir
 from scans.cli import CONFIG_DIR
 from scans.config import parse_layers
 from scans.data import load_prompts
-from scans.models import encode, load_model
+from scans.models import encode
+from scans.stages import Run
 from scans.steering import DecodingConfig, Steering, generate
 
 
@@ -32,7 +33,7 @@ def main() -> None:
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=args.overrides)
-    lm = load_model(cfg.model, cache_dir=f"{cfg.paths.artifacts}/models")
+    lm = Run(cfg).lm  # the configured model (the organism by default; built or reused)
     device = lm.device
     layers = parse_layers(cfg.steer.layers, lm.num_layers, "steer.layers")
     g = torch.Generator().manual_seed(0)

@@ -38,7 +38,7 @@ def steering_starts(policy: str, eoi_index: Sequence[int], prompt_length: Sequen
 
 def steering_mask(position_ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
     """(B, T) boolean mask of the tokens to steer, from position ids (B, T) or (1, T) and per-row starts (B,)."""
-    return position_ids >= starts.to(position_ids.device)[:, None]
+    return position_ids >= starts[:, None]
 
 
 @contextmanager
@@ -57,28 +57,29 @@ def steering(
     """
     blocks = decoder_layers(model)
     param = next(model.parameters())
-    coef = coefficients.to(device=param.device, dtype=param.dtype)
+    coef = coefficients.to(device=param.device, dtype=param.dtype)[:, None]  # (B, 1)
     start = starts.to(param.device)
     handles = []
 
-    def make_hook(vector: torch.Tensor):
+    def make_hook(delta: torch.Tensor):
+        # delta (B, 1, D) = sign·α·v^l per row, computed once per context rather than at every decoding step.
         def hook(module, args, kwargs, output):
             hidden = output[0] if isinstance(output, tuple) else output
             position_ids = kwargs.get("position_ids")
             if position_ids is None:
                 raise ModelError(f"{type(module).__name__} received no position_ids; cannot place steering")
-            if hidden.shape[0] != coef.shape[0]:
-                raise ModelError(f"batch of {hidden.shape[0]} rows but {coef.shape[0]} steering coefficients")
-            mask = steering_mask(position_ids, start).to(hidden.dtype)  # (B, T)
-            steered = hidden + (mask * coef[:, None])[..., None] * vector
+            if hidden.shape[0] != delta.shape[0]:
+                raise ModelError(f"batch of {hidden.shape[0]} rows but {delta.shape[0]} steering coefficients")
+            mask = steering_mask(position_ids, start).unsqueeze(-1)  # (B, T, 1)
+            steered = hidden.addcmul(mask.to(hidden.dtype), delta)
             return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
         return hook
 
     try:
         for layer in layers:
-            vector = vectors[layer].to(device=param.device, dtype=param.dtype)
-            handles.append(blocks[layer].register_forward_hook(make_hook(vector), with_kwargs=True))
+            delta = (coef * vectors[layer].to(device=param.device, dtype=param.dtype))[:, None, :]
+            handles.append(blocks[layer].register_forward_hook(make_hook(delta), with_kwargs=True))
         yield
     finally:
         for handle in handles:
