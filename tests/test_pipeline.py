@@ -147,13 +147,15 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
     seen = []
     original = steer.respond
 
-    def spy(run, method, name, prompts):
+    def spy(run, method, name, prompts, layer_sims=None):
         seen.append(name)
-        return original(run, method, name, prompts)
+        return original(run, method, name, prompts, layer_sims)
 
     monkeypatch.setattr(steer, "respond", spy)
     run_stage("tune", r)
     assert seen and all(name.startswith("validation-") for name in seen)
+    classified = [p.name for p in (tmp / "artifacts" / r.model_name / "classify").iterdir()]
+    assert not any(n.startswith("validation-") for n in classified)  # subsets reuse the sets' similarities
     choice = tune.load(r)
     assert choice["alpha"] in (1.0, 3.0) and choice["steer_layers"] in ([0, 1], [1])
     assert len(choice["validation"]["per_layer_auroc"]) == 2 and len(choice["validation"]["grid"]) == 4

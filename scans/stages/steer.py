@@ -10,6 +10,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass, field
 
+import torch
 from omegaconf import open_dict
 
 from scans.artifacts import read_jsonl, stable_hash, write_jsonl
@@ -88,8 +89,14 @@ def key(r: Run, method: Method, name: str, prompts: list[Prompt]) -> str:
     return f"{name}-{method.slug}-{digest}"
 
 
-def respond(r: Run, method: Method, name: str, prompts: list[Prompt]) -> list[dict]:
-    """The responses of one method on one set, generated once and then read from their artifact."""
+def respond(
+    r: Run, method: Method, name: str, prompts: list[Prompt], layer_sims: torch.Tensor | None = None
+) -> list[dict]:
+    """The responses of one method on one set, generated once and then read from their artifact.
+
+    `layer_sims` (N, L) may be passed when the prompts' similarities are already at hand (a subset of a classified
+    set); otherwise they come from the `classify` artifact of this set.
+    """
     k = key(r, method, name, prompts)
     if r.store.is_complete(r.model_name, STAGE, k):
         log.info("steer: reusing %s / %s", method.name, name)
@@ -97,7 +104,9 @@ def respond(r: Run, method: Method, name: str, prompts: list[Prompt]) -> list[di
     encoded = [encode(r.lm.chat, p.text) for p in prompts]
     sims = signs = spec = None
     if method.steered:
-        sims = harm_similarity(classify.similarities(r, name, prompts), method.classify_layers)
+        if layer_sims is None:
+            layer_sims = classify.similarities(r, name, prompts)
+        sims = harm_similarity(layer_sims, method.classify_layers)
         signs = steer_sign(sims, method.threshold)
         vectors = extract.load(r)["refusal_vectors"]
         spec = Steering(vectors, method.steer_layers, method.alpha, r.cfg.steer.positions)

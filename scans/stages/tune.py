@@ -66,16 +66,16 @@ def run(r: Run) -> dict | None:
 
     # The α x steering-layer grid on a seeded subset of each label, with 𝓛 and 𝒯 fixed as chosen above.
     rng = random.Random(t.seed)
-    subset = {
-        lab: _subset([p for p in items if p.label == lab], t.prompts_per_label, rng) for lab in (HARMFUL, BENIGN)
-    }
+    rows = {lab: [i for i, p in enumerate(items) if p.label == lab] for lab in (HARMFUL, BENIGN)}
+    subset = {lab: _subset(idx, t.prompts_per_label, rng) for lab, idx in rows.items()}  # indices into `items`
     judge = get_judge(r.cfg.judge.name)
 
     def behaviour(method: steer.Method) -> dict:
         rates = {}
-        for lab, prompts in subset.items():
-            rows = steer.respond(r, method, f"validation-{lab}", prompts)
-            rates[lab] = float(np.mean([judge(row["response"]) for row in rows]))
+        for lab, idx in subset.items():
+            # The subset's similarities are rows of the validation sets' cached ones: no second forward pass.
+            responses = steer.respond(r, method, f"validation-{lab}", [items[i] for i in idx], layer_sims[idx])
+            rates[lab] = float(np.mean([judge(row["response"]) for row in responses]))
         rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
         return rates
 
@@ -99,7 +99,7 @@ def run(r: Run) -> dict | None:
             "classifier_balanced_accuracy": cls_bacc,
             "paper_recipe_auroc": paper_auroc,
             "per_layer_auroc": [float(a) for a in auroc],
-            "generation_subset": {lab: len(prompts) for lab, prompts in subset.items()},
+            "generation_subset": {lab: len(idx) for lab, idx in subset.items()},
             "default_behaviour": default,
             "grid": grid,
         },
