@@ -20,8 +20,8 @@ setup: $(PY)
 test:
 	$(PY) -m pytest
 
-# Every table of the current scope for the embedded default (2 CPU cores: ~20 min to build the organism, ~45 min
-# for its Table 2 rows and the base model's Default responses).
+# Every table and figure for the embedded default (2 CPU cores, just under an hour: ~19 min to build the organism,
+# ~17 for Table 2, ~20 for Tables 3-4, ~2 for Table 1, Figures 4-5 and the report).
 reproduce:
 	$(RUN) stage=judge_agreement
 	$(RUN) stage=all
@@ -30,7 +30,7 @@ report:
 	$(RUN) stage=report
 
 bench:
-	$(PY) scripts/bench_steering.py --batch-sizes 1 16 --repeats 5
+	$(PY) scripts/bench_steering.py --batch-sizes 1 16 --repeats 3
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -5,11 +5,15 @@ from __future__ import annotations
 import numbers
 import re
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from scans.errors import ConfigError
 
-STAGES = ("align", "extract", "classify", "tune", "steer", "judge", "report", "judge_agreement", "all")
+STAGES = (
+    "align", "extract", "anchor", "classify", "tune", "analyze", "steer", "judge", "capability", "cost", "report",
+    "judge_agreement", "all",
+)  # fmt: skip
+ANCHOR_LAYERS = "anchor"  # steer.layers=anchor: the layers the `anchor` stage's refusal score suggests
 _RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-|\.\.)\s*(-?\d+)\s*$")
 
 
@@ -73,7 +77,8 @@ def validate(cfg: DictConfig) -> None:
         positive_int(n, "model.num_layers")
     number(cfg.steer.alpha, "steer.alpha")
     number(cfg.classify.threshold, "classify.threshold", -1.0, 1.0)
-    parse_layers(cfg.steer.layers, n, "steer.layers")
+    if cfg.steer.layers != ANCHOR_LAYERS:
+        parse_layers(cfg.steer.layers, n, "steer.layers")
     parse_layers(cfg.classify.layers, n, "classify.layers")
     if cfg.steer.positions not in POSITION_POLICIES:
         raise ConfigError(f"steer.positions={cfg.steer.positions!r}; expected one of {', '.join(POSITION_POLICIES)}")
@@ -85,3 +90,15 @@ def validate(cfg: DictConfig) -> None:
     positive_int(cfg.generation.batch_size, "generation.batch_size")
     positive_int(cfg.classify.batch_size, "classify.batch_size")
     number(cfg.generation.repetition_penalty, "generation.repetition_penalty", 0.0)
+    if cfg.tune.get("max_harmful_drop") is not None:
+        number(cfg.tune.max_harmful_drop, "tune.max_harmful_drop", 0.0, 1.0)
+    c = cfg.capability
+    for key in ("mmlu.max_length", "mmlu.batch_size", "xsum.max_new_tokens", "perplexity.window",
+                "perplexity.batch_size", "cost.prompts", "cost.prompt_tokens", "cost.max_new_tokens"):  # fmt: skip
+        positive_int(OmegaConf.select(c, key), f"capability.{key}")
+    for key in ("mmlu.per_subject", "xsum.documents", "perplexity.windows"):
+        positive_int(OmegaConf.select(c, key), f"capability.{key}", allow_none=True)
+    if not 0 <= c.mmlu.shots <= 5:
+        raise ConfigError(f"capability.mmlu.shots={c.mmlu.shots!r}; MMLU has 5 dev questions per subject (0-5)")
+    for b in c.cost.batch_sizes:
+        positive_int(b, "capability.cost.batch_sizes[]")

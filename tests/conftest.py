@@ -17,6 +17,7 @@ CORPUS = [
     "Write a tutorial on how to make a bomb. What is the capital of France? Paris is the capital.",
     "The quick brown fox jumps over the lazy dog. Tell me a story about a cat and a dog.",
     "[INST] [/INST] USER: ASSISTANT: Sure thing! Of course, I can help you with that question.",
+    "Multiple choice. Answer: A. Answer: B. Answer: C. Answer: D. Answer: A B C D",  # one token per letter (MMLU)
 ]
 
 

@@ -88,7 +88,17 @@ def test_empty_evaluation_set_is_rejected(tmp_path, data_dir):
     assert_one_line_error(proc, "MaliciousInstruct.txt")
 
 
-@pytest.mark.parametrize("override", ["classify.threshold=high", "steer.positions=everywhere", "stage=train"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "classify.threshold=high",
+        "steer.positions=everywhere",
+        "stage=train",
+        "capability.mmlu.shots=7",
+        "capability.perplexity.window=0",
+        "tune.max_harmful_drop=2",
+    ],
+)
 def test_other_bad_values_are_rejected(tmp_path, override):
     proc = run_cli(override, tmp_path=tmp_path)
     assert_one_line_error(proc, override.split("=")[0])

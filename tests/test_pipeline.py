@@ -9,8 +9,9 @@ from hydra import compose, initialize_config_dir
 
 from scans.artifacts import ArtifactStore, read_jsonl
 from scans.cli import CONFIG_DIR
+from scans.report.capability import TABLE3_COLUMNS, TABLE4_COLUMNS
 from scans.report.table2 import COLUMNS
-from scans.stages import Run, classify, extract, run_stage, steer, tune
+from scans.stages import Run, analyze, classify, extract, run_stage, steer, tune
 from scans.stages import context as stage_context
 from scans.steering import harm_reference
 
@@ -60,6 +61,49 @@ def test_pipeline_writes_table2_in_the_papers_layout(finished):
     rates = df[COLUMNS[2:]].to_numpy()
     assert ((rates >= 0) & (rates <= 100)).all()
     assert "Llama2-7b-chat (paper)" in (tmp / "report" / "table2.md").read_text()
+
+
+def test_pipeline_writes_tables_3_and_4(finished):
+    _, tmp = finished
+    t3 = pd.read_csv(tmp / "report" / "table3.csv")
+    assert list(t3.columns) == TABLE3_COLUMNS and t3["method"].tolist() == ["Default", "SCANS"]
+    assert (t3[["wikitext2_ppl", "c4_ppl"]] > 1).all().all()
+    assert t3[TABLE3_COLUMNS[4:]].apply(lambda c: c.between(0, 100)).all().all()
+    t4 = pd.read_csv(tmp / "report" / "table4.csv")
+    assert list(t4.columns) == TABLE4_COLUMNS and t4["batch"].tolist() == [1, 1, 2, 2]
+    assert (t4["tokens_per_s"] > 0).all() and (t4["peak_mem_mb"] > 0).all()
+    text = (tmp / "report" / "table3.md").read_text()
+    assert "agree on 8 of 8 questions" in text and "(paper)" in text
+
+
+REPORT_FILES = [
+    *(f"table{i}.{ext}" for i in (1, 2, 3, 4, 7) for ext in ("md", "csv", "tex")),
+    "figure4.png", "figure5.png", "refusal_score.png", "table7_grid.csv", "index.md",
+]  # fmt: skip
+
+
+def test_report_rebuilds_every_table_and_figure_from_artifacts_alone(finished, monkeypatch):
+    cfg, tmp = finished
+    for name in REPORT_FILES:
+        (tmp / "report" / name).unlink()
+    monkeypatch.setattr(stage_context, "_MODELS", {})
+    monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
+    run_stage("report", Run(cfg))
+    assert all((tmp / "report" / name).stat().st_size > 0 for name in REPORT_FILES)
+    index = (tmp / "report" / "index.md").read_text()
+    assert "## Table 1" in index and "## Table 7" in index and "![Figure 5](figure5.png)" in index
+    assert "\\begin{tabular}" in (tmp / "report" / "table1.tex").read_text()
+
+
+def test_threshold_sweep_needs_no_generation(finished, monkeypatch):
+    cfg, _ = finished
+    swept = cfg.copy()
+    swept.analysis.paper_thresholds = [0.9, 0.3]
+    monkeypatch.setattr(steer, "generate", lambda *a, **k: pytest.fail("generated"))
+    monkeypatch.setattr(classify, "classify", lambda *a, **k: pytest.fail("similarities recomputed"))
+    result = analyze.run(Run(swept))
+    rows = {round(row["threshold"], 2): row for row in result["table7_classification"]}
+    assert 0.3 in rows and 0.9 in rows and rows[0.3]["xstest_safe"] >= rows[0.9]["xstest_safe"]
 
 
 def test_scans_responses_carry_similarity_and_sign(finished):

@@ -5,6 +5,18 @@ from __future__ import annotations
 import pandas as pd
 
 
+def _rule(v: dict) -> str:
+    cap = v.get("max_harmful_drop")
+    if cap is None:
+        return "the best balanced accuracy of the grid below"
+    if not v.get("cap_met", True):
+        return f"no setting kept harmful refusal within {100 * cap:g} points of Default, so the best balanced accuracy"
+    return (
+        f"the least benign refusal among the settings whose harmful refusal stays within {100 * cap:g} points of "
+        "Default"
+    )
+
+
 def tuning_markdown(choice: dict, name: str) -> str:
     v = choice["validation"]
     auroc = pd.DataFrame({"layer": range(len(v["per_layer_auroc"])), "auroc": v["per_layer_auroc"]})
@@ -21,7 +33,8 @@ def tuning_markdown(choice: dict, name: str) -> str:
             f"- classification layers 𝓛 = {layers[0]}-{layers[-1]}: validation AUROC {v['classifier_auroc']:.3f}"
             f" (paper recipe's 𝓛: {v['paper_recipe_auroc']:.3f})",
             f"- threshold 𝒯 = {choice['threshold']:.4f}: balanced accuracy {v['classifier_balanced_accuracy']:.3f}",
-            f"- α = {choice['alpha']:g}, steering layers {choice['steer_layers'][0]}-{choice['steer_layers'][-1]}",
+            f"- α = {choice['alpha']:g}, steering layers {choice['steer_layers'][0]}-{choice['steer_layers'][-1]}: "
+            + _rule(v),
             "",
             "## Behaviour grid (refusal rate on a validation subset of "
             + ", ".join(f"{n} {k}" for k, n in v["generation_subset"].items()) + " prompts)",

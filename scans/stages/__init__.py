@@ -4,20 +4,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from scans.stages import align, classify, extract, judge, judge_agreement, report, steer, tune
+from scans.stages import (
+    align,
+    analyze,
+    anchor,
+    capability,
+    classify,
+    cost,
+    extract,
+    judge,
+    judge_agreement,
+    report,
+    steer,
+    tune,
+)
 from scans.stages.context import Run
 
 STAGES: dict[str, Callable[[Run], object]] = {
     "align": align.run,
     "extract": extract.run,
+    "anchor": anchor.run,
     "classify": classify.run,
     "tune": tune.run,
+    "analyze": analyze.run,
     "steer": steer.run,
     "judge": judge.run,
+    "capability": capability.run,
+    "cost": cost.run,
     "report": report.run,
     "judge_agreement": judge_agreement.run,
 }
-PIPELINE = ("align", "extract", "classify", "tune", "steer", "judge", "report")
+PIPELINE = (
+    "align", "extract", "anchor", "classify", "tune", "analyze", "steer", "judge", "capability", "cost", "report",
+)  # fmt: skip
 
 
 def run_stage(name: str, r: Run) -> None:

@@ -8,7 +8,7 @@ from functools import cached_property
 from omegaconf import DictConfig, OmegaConf
 
 from scans.artifacts import ArtifactStore, stable_hash
-from scans.config import parse_layers
+from scans.config import ANCHOR_LAYERS, parse_layers
 from scans.data import AnchorSplit, Prompt, anchor_split, data_fingerprint, evaluation_sets, load_prompts
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,10 @@ class Run:
 
     @cached_property
     def steer_layers(self) -> list[int]:
+        if self.cfg.steer.layers == ANCHOR_LAYERS:
+            from scans.stages import anchor
+
+            return list(anchor.run(self)["suggested_steer_layers"])
         return parse_layers(self.cfg.steer.layers, self.num_layers, "steer.layers")
 
     @cached_property

@@ -1,8 +1,8 @@
-"""Stage `report`: Table 2 (Markdown and CSV) from the judged artifacts, and for the organism its behaviour
+"""Stage `report`: Tables 2, 3 and 4 (Markdown and CSV) from the artifacts, and for the organism its behaviour
 against the targets and the tuned row's validation record.
 
-Table 2 keeps one block of rows per model: rerunning the report for one model replaces that model's rows and keeps
-the others (each block was built from its own model's artifacts).
+Each CSV keeps one block of rows per model: rerunning the report for one model replaces that model's rows and
+keeps the others (each block was built from its own model's artifacts).
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from scans.artifacts import write_text_atomic
 from scans.data import TABLE2_SETS
 from scans.errors import ConfigError
 from scans.report.organism import organism_table, organism_markdown
-from scans.report.table2 import COLUMNS, table2, table2_row, to_markdown
+from scans.report.table2 import table2, table2_row, to_markdown
+from scans.report import analysis as analysis_report
+from scans.report.capability import table3, table3_markdown, table4, table4_markdown
 from scans.report.tuning import tuning_markdown
-from scans.stages import align, judge, steer, tune
+from scans.stages import align, analyze, anchor, capability, cost, judge, steer, tune
 from scans.stages.context import Run
 
 log = logging.getLogger(__name__)
@@ -33,25 +35,15 @@ def counts(r: Run, method: steer.Method, sets) -> dict[str, tuple[int, int]]:
     return out
 
 
-def merged_table2(path: Path, rows: list[dict]) -> pd.DataFrame:
-    new = table2(rows)
-    if path.is_file():
-        old = pd.read_csv(path)
-        if list(old.columns) == COLUMNS:
-            new = pd.concat([old[old["model"] != new["model"].iloc[0]], new], ignore_index=True)
-    return new
-
-
 def run(r: Run) -> Path:
     missing = [s for s in TABLE2_SETS if s not in r.eval_sets]
     if missing:
         raise ConfigError(f"Table 2 needs data.eval_sets to include {', '.join(missing)}")
     out = Path(r.cfg.paths.report)
     rows = [table2_row(r.model_name, m.name, counts(r, m, TABLE2_SETS)) for m in steer.methods(r)]
-    df = merged_table2(out / "table2.csv", rows)
+    df = _merged(out / "table2.csv", table2(rows))
     sizes = {name: len(r.eval_sets[name]) for name in TABLE2_SETS}
-    write_text_atomic(out / "table2.csv", df.to_csv(index=False, float_format="%.2f"))
-    write_text_atomic(out / "table2.md", "# Table 2: refusal rate (%)\n\n" + to_markdown(df, sizes))
+    write_table(out, "table2", df, "# Table 2: refusal rate (%)\n\n" + to_markdown(df, sizes))
     print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     if r.cfg.steer.tuned:
         write_text_atomic(out / "tuning.md", tuning_markdown(tune.load(r), r.model_name))
@@ -64,5 +56,88 @@ def run(r: Run) -> Path:
         table.to_csv(buf, index=False, float_format="%.2f")
         write_text_atomic(out / "organism.csv", buf.getvalue())
         write_text_atomic(out / "organism.md", organism_markdown(table, align.load_summary(r), sizes, r.model_name))
+    capability_tables(r, out)
+    analysis_outputs(r, out)
+    write_text_atomic(out / "index.md", index_page(out))
     log.info("report: wrote %s", out)
     return out
+
+
+def write_table(out: Path, name: str, df: pd.DataFrame, markdown: str, float_format: str = "%.2f") -> None:
+    """`name`.md (the given text), `name`.csv and `name`.tex (the table alone)."""
+    write_text_atomic(out / f"{name}.md", markdown)
+    write_text_atomic(out / f"{name}.csv", df.to_csv(index=False, float_format=float_format))
+    write_text_atomic(out / f"{name}.tex", df.to_latex(index=False, float_format=float_format, escape=True))
+
+
+def analysis_outputs(r: Run, out: Path) -> None:
+    """Table 1 and the refusal-score plot (anchor), Figures 4-5 and Table 7's classification side (analyze)."""
+    anchoring = anchor.run(r)
+    t1 = analysis_report.table1(anchoring)
+    write_table(out, "table1", t1, analysis_report.table1_markdown(t1, anchoring, r.model_name))
+    analysis_report.refusal_score_figure(anchoring, out / "refusal_score.png", r.model_name)
+    result = analyze.run(r)
+    analysis_report.figure4(result, out / "figure4.png", r.model_name)
+    analysis_report.figure5(result, out / "figure5.png", r.model_name)
+    figure4 = analysis_report.figure4_table(result)
+    write_text_atomic(out / "figure4.csv", figure4.to_csv(index=False, float_format="%.4f"))
+    grid = pd.DataFrame(result["table7_classification"])
+    write_text_atomic(out / "table7_grid.csv", grid.to_csv(index=False, float_format="%.4f"))
+    t7 = analysis_report.table7(result, r.cfg.analysis.paper_thresholds)
+    write_table(out, "table7", t7, analysis_report.table7_markdown(t7, grid, result, r.model_name))
+
+
+INDEX_ORDER = (
+    ("table1", "Table 1: layer anchoring"), ("table2", "Table 2: refusal rates"), ("table3", "Table 3: capability"),
+    ("table4", "Table 4: cost"), ("table7", "Table 7: threshold (classification side)"),
+    ("organism", "The model organism"), ("tuning", "The tuned row's validation record"),
+)  # fmt: skip
+FIGURES = (("figure4.png", "Figure 4"), ("figure5.png", "Figure 5"), ("refusal_score.png", "Refusal score per layer"))
+
+
+def index_page(out: Path) -> str:
+    """Every table (each with the paper's Llama-2-7b-chat numbers beside ours) and figure of the report, in order."""
+    parts = ["# SCANS replication report", "", "Each table is followed by the paper's numbers for Llama-2-7b-chat.", ""]
+    for name, title in INDEX_ORDER:
+        path = out / f"{name}.md"
+        if path.is_file():
+            text = path.read_text()
+            body = text.split("\n", 1)[1] if text.startswith("# ") else text  # the page's own title gives way
+            files = f"`{name}.md`" + (", `.csv`, `.tex`" if name.startswith("table") else ", `.csv`")
+            parts += [f"## {title}", "", f"Files: {files}.", "", body.strip(), ""]
+    for file, title in FIGURES:
+        if (out / file).is_file():
+            parts += [f"## {title}", "", f"![{title}]({file})", ""]
+    return "\n".join(parts)
+
+
+def _merged(path: Path, new: pd.DataFrame) -> pd.DataFrame:
+    """Replace this model's rows of a committed table, keep the other models' rows."""
+    if path.is_file():
+        old = pd.read_csv(path)
+        if list(old.columns) == list(new.columns):
+            new = pd.concat([old[old["model"] != new["model"].iloc[0]], new], ignore_index=True)
+    return new
+
+
+def capability_tables(r: Run, out: Path) -> None:
+    """Tables 3 and 4 (computed by the `capability` and `cost` stages, or now if they have not run)."""
+    c = r.cfg.capability
+    rows = capability.run(r)
+    df = table3(rows)
+    merged3 = _merged(out / "table3.csv", df)
+    per_subject = "all" if c.mmlu.per_subject is None else f"{c.mmlu.per_subject} per subject"
+    default = capability.mmlu(r, steer.Method(steer.DEFAULT))
+    sizes = {
+        "MMLU": f"{default['n']} questions ({per_subject}, "
+        f"seed {c.mmlu.seed}, {c.mmlu.shots}-shot)",
+        "XSum": f"{c.xsum.documents} test documents (seed {c.xsum.seed}), {c.xsum.max_new_tokens} new tokens",
+        "perplexity": f"{c.perplexity.windows or 'all'} windows of {c.perplexity.window} tokens per corpus "
+        f"(C4 seed {c.perplexity.c4_seed})",
+        "SCANS row": rows[1]["method"],
+    }
+    write_table(out, "table3", merged3, table3_markdown(df, sizes, default.get("crosscheck")), "%.3f")
+    result = cost.run(r)
+    merged4 = _merged(out / "table4.csv", table4(result["rows"]))
+    write_table(out, "table4", merged4, table4_markdown(result, c.cost.max_new_tokens, c.cost.prompt_tokens))
+    print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))

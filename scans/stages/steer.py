@@ -69,19 +69,34 @@ def decoding(r: Run, method: Method) -> DecodingConfig:
     return DecodingConfig(method.max_new_tokens or g.max_new_tokens, g.repetition_penalty, g.batch_size)
 
 
-def settings(r: Run, method: Method) -> dict:
-    """Every input that changes a method's responses."""
-    base = {"model": r.model_identity, "decoding": asdict(decoding(r, method))}
+def method_settings(r: Run, method: Method) -> dict:
+    """Every input of a method except decoding: the model and, for SCANS, its hyperparameters and anchors."""
     if not method.steered:
-        return base
+        return {"model": r.model_identity}
     return {
-        **base,
+        "model": r.model_identity,
         **{k: v for k, v in asdict(method).items() if k not in ("name", "max_new_tokens")},
         "extract": r.extract_key,
         "positions": r.cfg.steer.positions,
         "normalize": bool(r.cfg.steer.normalize),
         "response": r.cfg.classify.response,
     }
+
+
+def settings(r: Run, method: Method) -> dict:
+    """Every input that changes a method's responses."""
+    return {**method_settings(r, method), "decoding": asdict(decoding(r, method))}
+
+
+def headline(r: Run) -> Method:
+    """The SCANS row that Tables 3 and 4 compare with Default: the tuned one when there is one."""
+    return methods(r)[-1]
+
+
+def signs(r: Run, method: Method, name: str, prompts: list[Prompt]) -> torch.Tensor:
+    """σ(q) (Eq. 5) of every prompt of a set under a method, from the set's cached per-layer similarities."""
+    sims = harm_similarity(classify.similarities(r, name, prompts), method.classify_layers)
+    return steer_sign(sims, method.threshold)
 
 
 def key(r: Run, method: Method, name: str, prompts: list[Prompt]) -> str:

@@ -1,7 +1,8 @@
 """Stage `tune`: the hyperparameters of the `SCANS (tuned)` row, chosen on the validation split only.
 
 𝓛 and 𝒯 come from the cached per-layer similarities (no generation); α and the steering layers from a small grid
-of greedy generations on a seeded validation subset, judged with the project's judge.
+of greedy generations on a seeded validation subset, judged with the project's judge: the least benign refusal
+among the settings that keep harmful refusal within `tune.max_harmful_drop` of the unsteered model's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from scans.judge import get_judge
 from scans.stages import classify, steer
 from scans.stages.context import Run, prompts_hash
 from scans.steering import harm_similarity
-from scans.steering.tuning import best_threshold, best_window, layer_auroc
+from scans.steering.tuning import best_threshold, best_window, layer_auroc, select_setting
 
 log = logging.getLogger(__name__)
 STAGE = "tune"
@@ -87,7 +88,7 @@ def run(r: Run) -> dict | None:
             m = steer.Method(METHOD, float(alpha), layers, tuple(cls_layers), threshold, t.max_new_tokens)
             grid.append({"alpha": float(alpha), "steer_layers": list(layers), **behaviour(m)})
             log.info("tune: α=%s layers=%s -> %s", alpha, spec, grid[-1])
-    best = max(grid, key=lambda g: (round(g["balanced_accuracy"], 9), -g["alpha"]))
+    best, cap_met = select_setting(grid, default[HARMFUL], t.max_harmful_drop)
     choice = {
         "alpha": best["alpha"],
         "steer_layers": best["steer_layers"],
@@ -101,6 +102,8 @@ def run(r: Run) -> dict | None:
             "per_layer_auroc": [float(a) for a in auroc],
             "generation_subset": {lab: len(idx) for lab, idx in subset.items()},
             "default_behaviour": default,
+            "max_harmful_drop": t.max_harmful_drop,
+            "cap_met": cap_met,
             "grid": grid,
         },
     }

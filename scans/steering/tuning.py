@@ -49,3 +49,19 @@ def best_threshold(scores: torch.Tensor, harmful: Sequence[bool]) -> tuple[float
         if bacc > best[0] + 1e-12:
             best = (float(bacc), float(t))
     return best[1], best[0]
+
+
+def select_setting(grid: Sequence[dict], default_harmful: float, max_harmful_drop: float | None) -> tuple[dict, bool]:
+    """The α x steering-layer setting to keep, from judged validation behaviour (rates in [0, 1]).
+
+    With `max_harmful_drop` None: the best balanced accuracy. Otherwise the lowest benign refusal among the settings
+    whose harmful refusal stays within `max_harmful_drop` of the unsteered model's; if none does, the best balanced
+    accuracy, and the second value says that the cap could not be met. Ties go to the smaller α.
+    """
+    by_bacc = max(grid, key=lambda g: (round(g["balanced_accuracy"], 9), -g["alpha"]))
+    if max_harmful_drop is None:
+        return by_bacc, True
+    allowed = [g for g in grid if g["harmful"] >= default_harmful - max_harmful_drop - 1e-9]
+    if not allowed:
+        return by_bacc, False
+    return min(allowed, key=lambda g: (round(g["benign"], 9), g["alpha"])), True

@@ -1,0 +1,76 @@
+"""σ(q) as a classifier (paper Figures 4 and 5, Table 7's classification side), beside baselines that run here.
+
+Harmful is the positive class throughout. Baselines:
+- a keyword filter (a prompt is harmful if it contains a word of `HARM_KEYWORDS`), the naive detector XSTest was
+  built to fool;
+- a logistic probe on the last-token activations of one layer, scored by stratified k-fold cross-validation on the
+  test set itself (an upper-bound-style baseline: it sees labels of the same distribution);
+- the projection of the last-token state on the unit refusal vector, averaged over 𝓛, thresholded at the value
+  chosen on the validation split (like σ(q)'s 𝒯).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+HARM_KEYWORDS = (
+    "kill", "murder", "bomb", "weapon", "gun", "shoot", "poison", "drug", "cocaine", "heroin", "meth", "steal",
+    "rob", "hack", "attack", "terror", "suicide", "die", "dead", "death", "blood", "execute", "exterminate",
+    "slaughter",
+    "strangle", "stab", "explosive", "illegal", "crime", "abuse", "torture", "rape", "destroy", "violence",
+)  # fmt: skip
+_WORDS = re.compile(r"[a-z]+")
+
+
+def keyword_filter(prompts: Sequence[str], keywords: Sequence[str] = HARM_KEYWORDS) -> np.ndarray:
+    """True where a prompt contains a keyword as a word or a word prefix ("killing" matches "kill")."""
+    out = []
+    for text in prompts:
+        words = _WORDS.findall(text.lower())
+        out.append(any(w.startswith(k) for w in words for k in keywords))
+    return np.array(out, dtype=bool)
+
+
+def probe_predictions(states: torch.Tensor, harmful: Sequence[bool], folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Cross-validated predictions of a standardised logistic regression on (N, D) activations."""
+    y = np.asarray(harmful, dtype=int)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return cross_val_predict(model, states.double().numpy(), y, cv=cv).astype(bool)
+
+
+def projection_scores(states: torch.Tensor, vectors: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+    """Mean over `layers` of the last-token state's projection on the unit refusal vector, (N, L, D) -> (N,)."""
+    unit = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    proj = (states.double() * unit.double()[None]).sum(-1)  # (N, L)
+    return proj[:, list(layers)].mean(-1).float()
+
+
+def scores(predicted: Sequence[bool], harmful: Sequence[bool]) -> dict[str, float]:
+    """Precision, recall and F1 with harmful as the positive class, and accuracy."""
+    y = np.asarray(harmful, dtype=bool)
+    p = np.asarray(predicted, dtype=bool)
+    precision, recall, f1, _ = precision_recall_fscore_support(y, p, average="binary", zero_division=0)
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1), "accuracy": float((p == y).mean())}
+
+
+def per_layer_summary(layer_sims: torch.Tensor, harmful: Sequence[bool]) -> dict[str, list[float]]:
+    """Figure 5: mean and sd of the per-layer cosine for safe and unsafe prompts, and the per-layer AUROC."""
+    y = np.asarray(harmful, dtype=bool)
+    x = layer_sims.double().numpy()
+    return {
+        "unsafe_mean": x[y].mean(0).tolist(),
+        "unsafe_sd": x[y].std(0).tolist(),
+        "safe_mean": x[~y].mean(0).tolist(),
+        "safe_sd": x[~y].std(0).tolist(),
+        "auroc": [float(roc_auc_score(y.astype(int), x[:, layer])) for layer in range(x.shape[1])],
+    }

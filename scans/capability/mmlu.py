@@ -1,0 +1,232 @@
+"""MMLU in the original Hendrycks 5-shot format (reference §5.3), scored by lm-eval, steered per row by σ(q).
+
+The prompt: "The following are multiple choice questions (with answers) about {subject}.\n\n", k solved dev
+questions ("…\nAnswer: X\n\n"), then the test question ending in "Answer:", no chat template; shots are dropped
+one by one while the prompt exceeds `max_length` tokens. The prediction is the most likely of " A", " B", " C",
+" D" as the continuation.
+
+Scoring goes through lm-eval's Hugging Face model class (its request sorting, batching and one-token logits
+cache). `ScansLM` subclasses it so that every row of every batch gets its own steering coefficient (sign·α from
+its question's σ(q)) and its own start position (the last "\nAnswer:" of the prompt), looked up from the row's
+*tokens*: lm-eval reorders requests and merges those that share a context, so batch rows are not documents.
+`direct_predictions` is the independent cross-check: one plain forward pass per question, argmax over the four
+letters' logits at the last position.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from scans.errors import DataError, ModelError
+from scans.steering.hook import steering
+
+log = logging.getLogger(__name__)
+LETTERS = "ABCD"
+ANSWER_MARK = "\nAnswer:"
+
+# Hendrycks et al., `categories.py`: subject -> subcategory, subcategory -> category.
+SUBCATEGORY = {
+    "abstract_algebra": "math", "anatomy": "health", "astronomy": "physics", "business_ethics": "business",
+    "clinical_knowledge": "health", "college_biology": "biology", "college_chemistry": "chemistry",
+    "college_computer_science": "computer science", "college_mathematics": "math", "college_medicine": "health",
+    "college_physics": "physics", "computer_security": "computer science", "conceptual_physics": "physics",
+    "econometrics": "economics", "electrical_engineering": "engineering", "elementary_mathematics": "math",
+    "formal_logic": "philosophy", "global_facts": "other", "high_school_biology": "biology",
+    "high_school_chemistry": "chemistry", "high_school_computer_science": "computer science",
+    "high_school_european_history": "history", "high_school_geography": "geography",
+    "high_school_government_and_politics": "politics", "high_school_macroeconomics": "economics",
+    "high_school_mathematics": "math", "high_school_microeconomics": "economics", "high_school_physics": "physics",
+    "high_school_psychology": "psychology", "high_school_statistics": "math", "high_school_us_history": "history",
+    "high_school_world_history": "history", "human_aging": "health", "human_sexuality": "culture",
+    "international_law": "law", "jurisprudence": "law", "logical_fallacies": "philosophy",
+    "machine_learning": "computer science", "management": "business", "marketing": "business",
+    "medical_genetics": "health", "miscellaneous": "other", "moral_disputes": "philosophy",
+    "moral_scenarios": "philosophy", "nutrition": "health", "philosophy": "philosophy", "prehistory": "history",
+    "professional_accounting": "other", "professional_law": "law", "professional_medicine": "health",
+    "professional_psychology": "psychology", "public_relations": "politics", "security_studies": "politics",
+    "sociology": "culture", "us_foreign_policy": "politics", "virology": "health", "world_religions": "philosophy",
+}  # fmt: skip
+CATEGORIES = {
+    "stem": ("physics", "chemistry", "biology", "computer science", "math", "engineering"),
+    "humanities": ("history", "philosophy", "law"),
+    "social": ("politics", "culture", "economics", "geography", "psychology"),
+    "other": ("other", "business", "health"),
+}
+CATEGORY = {subject: next(c for c, subs in CATEGORIES.items() if sub in subs) for subject, sub in SUBCATEGORY.items()}
+
+
+@dataclass(frozen=True)
+class Question:
+    subject: str
+    index: int  # row in the subject's test file
+    prompt: str  # the k-shot prompt, ending in "Answer:"
+    answer: str  # "A".."D"
+    shots: int
+
+    @property
+    def category(self) -> str:
+        return CATEGORY[self.subject]
+
+
+def _example(row, with_answer: bool) -> str:
+    text = row["question"] + "".join(f"\n{letter}. {row[letter]}" for letter in LETTERS) + ANSWER_MARK
+    return text + (f" {row['answer']}\n\n" if with_answer else "")
+
+
+def header(subject: str) -> str:
+    return f"The following are multiple choice questions (with answers) about {' '.join(subject.split('_'))}.\n\n"
+
+
+def questions(
+    table: pd.DataFrame, tokenizer, shots: int, per_subject: int | None, seed: int, max_length: int
+) -> list[Question]:
+    """Test questions in their k-shot prompts; `per_subject` draws a seeded subset of every subject (None: all)."""
+    unknown = sorted(set(table["subject"]) - set(SUBCATEGORY))
+    if unknown:
+        raise DataError(f"MMLU subjects without a category: {', '.join(unknown)}")
+    out: list[Question] = []
+    for subject in sorted(set(table["subject"])):
+        dev = table[(table["subject"] == subject) & (table["split"] == "dev")].reset_index(drop=True)
+        test = table[(table["subject"] == subject) & (table["split"] == "test")].reset_index(drop=True)
+        if test.empty or len(dev) < shots:
+            raise DataError(f"MMLU subject {subject}: {len(test)} test and {len(dev)} dev questions ({shots} shots)")
+        rows = range(len(test))
+        if per_subject is not None and per_subject < len(test):
+            rows = sorted(random.Random(f"{seed}-{subject}").sample(range(len(test)), per_subject))
+        for i in rows:
+            row = test.iloc[i]
+            k = shots
+            while True:
+                prompt = header(subject) + "".join(_example(dev.iloc[j], True) for j in range(k)) + _example(row, False)
+                if k == 0 or len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= max_length:
+                    break
+                k -= 1
+            out.append(Question(subject, i, prompt, str(row["answer"]).strip(), k))
+    return out
+
+
+def answer_start(tokenizer, context_ids: Sequence[int], context: str) -> int:
+    """Token index where the last "\\nAnswer:" of `context` begins (the authors' steering start for MMLU).
+
+    Found through the text, not by searching for the marker's tokens (those can differ mid-text: reference §5.3).
+    """
+    cut = context.rindex(ANSWER_MARK)
+    head = tokenizer(context[:cut], add_special_tokens=False)["input_ids"]
+    offset = len(context_ids) - len(tokenizer(context, add_special_tokens=False)["input_ids"])  # BOS, if any
+    if list(context_ids[offset : offset + len(head)]) != head:
+        raise ModelError("the tokens before the last '\\nAnswer:' are not a prefix of the prompt's tokens")
+    return offset + len(head)
+
+
+def row_key(tokens: Sequence[int]) -> tuple[int, int]:
+    """A compact key for a row of tokens (length and hash), so that 14,042 prompts do not stay in memory twice."""
+    return len(tokens), hash(tuple(tokens))
+
+
+def make_scans_lm(model, tokenizer, batch_size: int, max_length: int):
+    """lm-eval's HFLM around an already loaded model, able to steer each row on its own (import deferred:
+    lm-eval is only needed for MMLU)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class ScansLM(HFLM):
+        def __init__(self):
+            super().__init__(
+                pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=None
+            )
+            self.vectors: torch.Tensor | None = None
+            self.layers: Sequence[int] = ()
+            self.plan: dict[tuple[int, int], tuple[float, int]] = {}
+
+        def set_plan(self, vectors, layers, rows: dict[tuple[int, int], tuple[float, int]]) -> None:
+            """Steer the row whose input tokens have `row_key` k with coefficient c from position s on: {k: (c, s)}."""
+            self.vectors, self.layers, self.plan = vectors, layers, rows
+
+        def _row_plan(self, row: torch.Tensor) -> tuple[float, int]:
+            tokens = row.tolist()
+            n = len(tokens)
+            while n > 0 and tokens[n - 1] == 0:  # lm-eval right-pads with 0
+                n -= 1
+            for length in range(n, len(tokens) + 1):
+                hit = self.plan.get(row_key(tokens[:length]))
+                if hit is not None:
+                    return hit
+            raise ModelError("a batch row matches no planned request (lm-eval's auto batch size is not supported)")
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            if self.vectors is None:
+                return super()._model_call(inps, attn_mask, labels)
+            plans = [self._row_plan(row) for row in inps]
+            coefs = torch.tensor([c for c, _ in plans], dtype=torch.float32)
+            starts = torch.tensor([s for _, s in plans], dtype=torch.long)
+            with steering(self.model, self.vectors, self.layers, coefs, starts):
+                return super()._model_call(inps, attn_mask, labels)
+
+    return ScansLM()
+
+
+def lm_eval_scores(
+    lm, items: Sequence[Question], coefs: Sequence[float] | None = None, vectors=None, layers=()
+) -> list[list[float]]:
+    """Log-likelihoods of " A".." D" per question through lm-eval; with `coefs`, question i is steered by
+    coefs[i]·v from its last "\nAnswer:" on."""
+    from lm_eval.api.instance import Instance
+
+    requests, plan = [], {}
+    for qi, q in enumerate(items):
+        for letter in LETTERS:
+            requests.append(Instance("loglikelihood", {}, (q.prompt, f" {letter}"), idx=len(requests)))
+        if coefs is not None:
+            ctx, cont = lm._encode_pair(q.prompt, " A")
+            fed = (ctx + cont)[-(lm.max_length + 1) :][:-1]  # what lm-eval feeds the model for this request
+            dropped = len(ctx) + len(cont) - 1 - len(fed)  # lm-eval truncates an over-long row from the left
+            plan[row_key(fed)] = (float(coefs[qi]), max(0, answer_start(lm.tokenizer, ctx, q.prompt) - dropped))
+    if coefs is not None:
+        lm.set_plan(vectors, layers, plan)
+    try:
+        scores = lm.loglikelihood(requests, disable_tqdm=False)
+    finally:
+        lm.set_plan(None, (), {})
+    return [[scores[4 * qi + j][0] for j in range(4)] for qi in range(len(items))]
+
+
+def lm_eval_predictions(
+    lm, items: Sequence[Question], coefs: Sequence[float] | None = None, vectors=None, layers=()
+) -> list[str]:
+    """The most likely letter per question (see `lm_eval_scores`)."""
+    scores = lm_eval_scores(lm, items, coefs, vectors, layers)
+    return [LETTERS[max(range(4), key=row.__getitem__)] for row in scores]
+
+
+@torch.no_grad()
+def direct_predictions(lm, items: Sequence[Question]) -> list[str]:
+    """The cross-check: per question, one unpadded forward pass and argmax over the four letters' logits."""
+    letter_ids = []
+    for letter in LETTERS:
+        _, cont = lm._encode_pair("Answer:", f" {letter}")
+        if len(cont) != 1:
+            raise ModelError(f"' {letter}' is {len(cont)} tokens for this tokenizer; the direct check needs one")
+        letter_ids.append(cont[0])
+    out = []
+    device = next(lm.model.parameters()).device
+    for q in tqdm(items, desc="MMLU direct check", leave=False):
+        ctx, _ = lm._encode_pair(q.prompt, " A")
+        logits = lm.model(torch.tensor([ctx], device=device)).logits[0, -1]
+        out.append(LETTERS[int(logits[letter_ids].argmax())])
+    return out
+
+
+def accuracy_table(items: Sequence[Question], predictions: Sequence[str]) -> dict[str, float]:
+    """Accuracy (%) per category and the micro-average over all questions (Table 3's "Avg.")."""
+    correct = pd.DataFrame(
+        {"category": [q.category for q in items], "ok": [p == q.answer for q, p in zip(items, predictions)]}
+    )
+    out = {f"mmlu_{c}": 100.0 * correct.loc[correct["category"] == c, "ok"].mean() for c in CATEGORIES}
+    out["mmlu_avg"] = 100.0 * correct["ok"].mean()
+    return out

@@ -1,0 +1,146 @@
+"""Stage `capability`: Table 3's inputs, MMLU, XSum and perplexity, for Default and the headline SCANS row.
+
+Every part is an artifact keyed by the model, the method (for SCANS: its hyperparameters and anchors) and the
+part's own config, so a rerun or a sweep over another stage's settings recomputes nothing here. σ(q) of each
+part's queries is cached by the `classify` stage's artifact store like any evaluation set.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import replace
+
+from omegaconf import OmegaConf
+
+from scans.artifacts import read_json, stable_hash, write_json, write_jsonl
+from scans.capability import mmlu as mmlu_lib
+from scans.capability import perplexity as ppl_lib
+from scans.capability import xsum as xsum_lib
+from scans.data import BENIGN, Prompt, data_fingerprint, load_table
+from scans.stages import extract, steer
+from scans.stages.context import Run
+
+log = logging.getLogger(__name__)
+STAGE = "capability"
+SCORES = "scores.json"
+CORPORA = ("wikitext2", "c4")
+
+
+def _key(r: Run, part: str, method: steer.Method, extra: dict | None = None) -> str:
+    c = OmegaConf.to_container(r.cfg.capability[part], resolve=True)
+    digest = stable_hash({"method": steer.method_settings(r, method), "config": c, **(extra or {})})
+    return f"{part}-{method.slug}-{digest}"
+
+
+def _cached(r: Run, k: str) -> dict | None:
+    if r.store.is_complete(r.model_name, STAGE, k):
+        return read_json(r.store.path(r.model_name, STAGE, k) / SCORES)
+    return None
+
+
+def _save(r: Run, k: str, method: steer.Method, scores: dict, rows: list[dict]) -> dict:
+    with r.store.writing(r.model_name, STAGE, k, {"method": method.name, "scores": scores}) as tmp:
+        write_json(tmp / SCORES, scores)
+        write_jsonl(tmp / "rows.jsonl", rows)
+    log.info("capability: %s %s", k, scores)
+    return scores
+
+
+def _coefficients(r: Run, method: steer.Method, name: str, queries: list[str]):
+    prompts = [Prompt(q, BENIGN, name) for q in queries]
+    return steer.signs(r, method, name, prompts) * method.alpha
+
+
+def mmlu_items(r: Run) -> list[mmlu_lib.Question]:
+    c = r.cfg.capability.mmlu
+    return mmlu_lib.questions(load_table("mmlu"), r.lm.tokenizer, c.shots, c.per_subject, c.seed, c.max_length)
+
+
+def mmlu(r: Run, method: steer.Method) -> dict:
+    k = _key(r, "mmlu", method, {"data": data_fingerprint("mmlu")})
+    if (hit := _cached(r, k)) is not None:
+        return hit
+    c = r.cfg.capability.mmlu
+    items = mmlu_items(r)
+    lm = mmlu_lib.make_scans_lm(r.lm.model, r.lm.tokenizer, c.batch_size, c.max_length)
+    if method.steered:
+        coefs = _coefficients(r, method, "mmlu", [q.prompt for q in items])
+        preds = mmlu_lib.lm_eval_predictions(
+            lm, items, coefs.tolist(), extract.load(r)["refusal_vectors"], method.steer_layers
+        )
+    else:
+        preds = mmlu_lib.lm_eval_predictions(lm, items)
+    scores = {**mmlu_lib.accuracy_table(items, preds), "n": len(items)}
+    if not method.steered and c.crosscheck:
+        picked = sorted(random.Random(c.seed).sample(range(len(items)), min(c.crosscheck, len(items))))
+        direct = mmlu_lib.direct_predictions(lm, [items[i] for i in picked])
+        agree = sum(d == preds[i] for d, i in zip(direct, picked))
+        scores["crosscheck"] = {"n": len(picked), "agree": agree}
+        if agree != len(picked):
+            log.warning("MMLU: lm-eval and the direct argmax disagree on %d of %d", len(picked) - agree, len(picked))
+    rows = [
+        {"subject": q.subject, "index": q.index, "shots": q.shots, "answer": q.answer, "prediction": p}
+        for q, p in zip(items, preds)
+    ]
+    return _save(r, k, method, scores, rows)
+
+
+def xsum(r: Run, method: steer.Method) -> dict:
+    c = r.cfg.capability.xsum
+    docs = xsum_lib.sample_documents(load_table("xsum"), c.documents, c.seed)
+    prompts = [Prompt(xsum_lib.prompt(d), BENIGN, "xsum") for d in docs["document"]]
+    k = _key(r, "xsum", method, {"prompts": stable_hash([p.text for p in prompts])})
+    if (hit := _cached(r, k)) is not None:
+        return hit
+    rows = steer.respond(r, replace(method, max_new_tokens=c.max_new_tokens), "xsum", prompts)
+    predictions = [row["response"] for row in rows]
+    scores = {**xsum_lib.rouge(predictions, list(docs["summary"])), "n": len(prompts)}
+    out = [{"id": str(i), "summary": s, "prediction": p} for i, s, p in zip(docs["id"], docs["summary"], predictions)]
+    return _save(r, k, method, scores, out)
+
+
+def windows(r: Run, corpus: str) -> list[ppl_lib.Window]:
+    c = r.cfg.capability.perplexity
+    table = load_table(corpus)
+    if corpus == "wikitext2":
+        return ppl_lib.wikitext_windows(r.lm.chat, list(table["text"]), c.window, c.windows)
+    return ppl_lib.c4_windows(r.lm.chat, list(table["text"]), c.window, c.windows or 256, c.c4_seed)
+
+
+def perplexity(r: Run, method: steer.Method, corpus: str) -> dict:
+    k = _key(r, "perplexity", method, {"corpus": corpus, "data": data_fingerprint(corpus)})
+    if (hit := _cached(r, k)) is not None:
+        return hit
+    c = r.cfg.capability.perplexity
+    ws = windows(r, corpus)
+    kwargs: dict = {}
+    if method.steered:
+        kwargs = {
+            "vectors": extract.load(r)["refusal_vectors"],
+            "layers": method.steer_layers,
+            "coefficients": _coefficients(r, method, f"ppl-{corpus}-{c.window}", [w.query for w in ws]),
+        }
+    nlls = ppl_lib.window_nlls(
+        r.lm.model, ws, batch_size=c.batch_size, desc=f"{method.name} perplexity {corpus}", **kwargs
+    )
+    coefs = kwargs.get("coefficients")
+    rows = [{"nll": n, "coefficient": None if coefs is None else float(coefs[i])} for i, n in enumerate(nlls)]
+    return _save(r, k, method, {"ppl": ppl_lib.perplexity(nlls), "n": len(ws), "window": c.window}, rows)
+
+
+def table3_row(r: Run, method: steer.Method) -> dict:
+    row: dict = {"model": r.model_name, "method": method.name}
+    for corpus in CORPORA:
+        row[f"{corpus}_ppl"] = perplexity(r, method, corpus)["ppl"]
+    row.update({k: v for k, v in xsum(r, method).items() if k != "n"})
+    row.update({k: v for k, v in mmlu(r, method).items() if k.startswith("mmlu_")})
+    return row
+
+
+def methods(r: Run) -> list[steer.Method]:
+    return [steer.Method(steer.DEFAULT), steer.headline(r)]
+
+
+def run(r: Run) -> list[dict]:
+    return [table3_row(r, m) for m in methods(r)]
