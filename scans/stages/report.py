@@ -104,7 +104,8 @@ def index_page(out: Path) -> str:
             text = path.read_text()
             body = text.split("\n", 1)[1] if text.startswith("# ") else text  # the page's own title gives way
             files = f"`{name}.md`" + (", `.csv`, `.tex`" if name.startswith("table") else ", `.csv`")
-            parts += [f"## {title}", "", f"Files: {files}.", "", body.strip(), ""]
+            body = "\n".join("#" + line if line.startswith("#") else line for line in body.strip().splitlines())
+            parts += [f"## {title}", "", f"Files: {files}.", "", body, ""]
     for file, title in FIGURES:
         if (out / file).is_file():
             parts += [f"## {title}", "", f"![{title}]({file})", ""]
