@@ -101,6 +101,8 @@ def test_threshold_sweep_needs_no_generation(finished, monkeypatch):
     swept.analysis.paper_thresholds = [0.9, 0.3]
     monkeypatch.setattr(steer, "generate", lambda *a, **k: pytest.fail("generated"))
     monkeypatch.setattr(classify, "classify", lambda *a, **k: pytest.fail("similarities recomputed"))
+    monkeypatch.setattr(stage_context, "_MODELS", {})
+    monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))  # no forward pass either
     result = analyze.run(Run(swept))
     rows = {round(row["threshold"], 2): row for row in result["table7_classification"]}
     assert 0.3 in rows and 0.9 in rows and rows[0.3]["xstest_safe"] >= rows[0.9]["xstest_safe"]

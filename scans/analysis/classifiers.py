@@ -22,6 +22,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+# Table 7's rows, in the paper's order (reference §3.11).
+TABLE7_SETS = ("xstest_safe", "xstest_unsafe", "oktest", "malicious", "truthfulqa", "advbench")
 HARM_KEYWORDS = (
     "kill", "murder", "bomb", "weapon", "gun", "shoot", "poison", "drug", "cocaine", "heroin", "meth", "steal",
     "rob", "hack", "attack", "terror", "suicide", "die", "dead", "death", "blood", "execute", "exterminate",

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from scans.analysis.classifiers import TABLE7_SETS  # noqa: E402
+
 # Reference §3.4 (Llama2-7b-chat; "_" marks a SentencePiece word start).
 PAPER_TABLE1 = [
     ["former", "0-9", "einges, _schließ, vue, che, orio, _Syd, rugu, wrap, widet, axi"],
@@ -29,7 +31,6 @@ PAPER_TABLE7 = {
 }
 
 
-TABLE7_ROWS = ("xstest_safe", "xstest_unsafe", "oktest", "malicious", "truthfulqa", "advbench")  # the paper's order
 
 
 def _clean(token: str) -> str:
@@ -95,12 +96,12 @@ def refusal_score_figure(result: Mapping, path: Path, model: str) -> None:
 
 
 def figure4(result: Mapping, path: Path, model: str) -> None:
-    names = list(result["classifiers"])
+    names = [c["classifier"] for c in result["classifiers"]]
     metrics = ("precision", "recall", "f1")
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.26
     for j, metric in enumerate(metrics):
-        values = [result["classifiers"][n][metric] for n in names]
+        values = [c[metric] for c in result["classifiers"]]
         bars = ax.bar([i + (j - 1) * width for i in range(len(names))], values, width, label=metric.capitalize())
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
@@ -140,14 +141,17 @@ def figure5(result: Mapping, path: Path, model: str) -> None:
 
 
 def figure4_table(result: Mapping) -> pd.DataFrame:
-    rows = [{"classifier": n, **s} for n, s in result["classifiers"].items()]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(result["classifiers"], columns=["classifier", "precision", "recall", "f1", "accuracy"])
+
+
+def table7_grid(result: Mapping) -> pd.DataFrame:
+    """Every 𝒯 of the fine grid, in the paper's row order (fixed columns: the artifact's keys are sorted)."""
+    return pd.DataFrame(result["table7_classification"], columns=["threshold", *TABLE7_SETS, "xstest_f1"])
 
 
 def table7(result: Mapping, paper_thresholds) -> pd.DataFrame:
     """The classification side at the paper's thresholds: % of each set that σ(q) classifies harmful."""
-    df = pd.DataFrame(result["table7_classification"])
-    df = df[["threshold", *TABLE7_ROWS, "xstest_f1"]]
+    df = table7_grid(result)
     return df[df["threshold"].round(2).isin([round(t, 2) for t in paper_thresholds])].sort_values(
         "threshold", ascending=False
     )

@@ -14,22 +14,22 @@ import logging
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from scans.analysis import classifiers
+from scans.analysis.classifiers import TABLE7_SETS
 from scans.artifacts import read_json, stable_hash, write_json
 from scans.data import HARMFUL, evaluation_sets
 from scans.models import encode
 from scans.stages import classify, extract, steer, tune
 from scans.stages.context import Run, prompts_hash
-from scans.steering import harm_similarity, hidden_states
+from scans.steering import harm_similarity, hidden_states, layer_similarities, transition
+from scans.steering.classifier import prompt_and_response_states
 from scans.steering.tuning import best_threshold
 
 log = logging.getLogger(__name__)
 STAGE = "analyze"
 RESULT = "analysis.json"
 XSTEST = ("xstest_safe", "xstest_unsafe")
-TABLE7_SETS = ("xstest_safe", "xstest_unsafe", "oktest", "malicious", "truthfulqa", "advbench")
 
 
 def xstest(r: Run) -> dict:
@@ -41,13 +41,15 @@ def validation(r: Run) -> dict:
 
 
 def key(r: Run) -> str:
-    sets = {**xstest(r), **validation(r), **{n: r.eval_sets[n] for n in TABLE7_SETS if n in r.eval_sets}}
+    """What Figures 4-5 depend on (Table 7's side is recomputed from cached similarities on every call)."""
     return stable_hash(
         {
             "extract": r.extract_key,
-            "methods": [steer.method_settings(r, m) for m in (steer.paper_method(r), steer.headline(r))],
-            "sets": {n: prompts_hash(p) for n, p in sets.items()},
-            "analysis": OmegaConf.to_container(r.cfg.analysis, resolve=True),
+            "method": steer.method_settings(r, steer.headline(r)),
+            "sets": {n: prompts_hash(p) for n, p in {**xstest(r), **validation(r)}.items()},
+            "probe_folds": r.cfg.analysis.probe_folds,
+            "response": r.cfg.classify.response,
+            "format": 2,  # classifiers as a list
         }
     )
 
@@ -66,11 +68,17 @@ def figure4(r: Run, method: steer.Method) -> dict:
     xs, val = xstest(r), validation(r)
     prompts = [p for ps in xs.values() for p in ps]
     harmful = [p.label == HARMFUL for p in prompts]
-    sims = torch.cat([classify.similarities(r, n, ps) for n, ps in xs.items()])
+    ref = extract.load(r)
+    vectors = ref["refusal_vectors"]
+    # One "prompt + Sure" pass gives σ(q)'s similarities and the last-token states (the end of the instruction).
+    states, end = prompt_and_response_states(
+        r.lm.model, r.lm.chat, [p.text for p in prompts], r.cfg.classify.batch_size, r.cfg.classify.response,
+        "XSTest states",
+    )  # fmt: skip
+    sims = layer_similarities(transition(states, end), ref["harm_direction"])
     val_prompts = [p for ps in val.values() for p in ps]
     val_harmful = [p.label == HARMFUL for p in val_prompts]
-    vectors = extract.load(r)["refusal_vectors"]
-    states, val_states = last_token_states(r, prompts), last_token_states(r, val_prompts)
+    val_states = last_token_states(r, val_prompts)
     layers = list(method.classify_layers)
     proj_threshold, _ = best_threshold(classifiers.projection_scores(val_states, vectors, layers), val_harmful)
     proj = classifiers.projection_scores(states, vectors, layers).numpy() >= proj_threshold
@@ -80,14 +88,16 @@ def figure4(r: Run, method: steer.Method) -> dict:
     return {
         "n": {"safe": len(xs["xstest_safe"]), "unsafe": len(xs["xstest_unsafe"])},
         "method": method.name,
-        "classifiers": {
-            f"σ(q) ({method.name})": classifiers.scores(sigma, harmful),
-            "keyword filter": classifiers.scores(classifiers.keyword_filter([p.text for p in prompts]), harmful),
-            f"logistic probe (layer {probe_layer}, {r.cfg.analysis.probe_folds}-fold CV)": classifiers.scores(
-                probe, harmful
-            ),
-            "refusal-vector projection": classifiers.scores(proj, harmful),
-        },
+        # A list, not a dict: the figure's order must survive the JSON artifact (whose keys are sorted).
+        "classifiers": [
+            {"classifier": name, **classifiers.scores(pred, harmful)}
+            for name, pred in (
+                (f"σ(q) ({method.name})", sigma),
+                ("keyword filter", classifiers.keyword_filter([p.text for p in prompts])),
+                (f"logistic probe (layer {probe_layer}, {r.cfg.analysis.probe_folds}-fold CV)", probe),
+                ("refusal-vector projection", proj),
+            )
+        ],
         "figure5": classifiers.per_layer_summary(sims, harmful),
     }
 
@@ -107,13 +117,21 @@ def table7_classification(r: Run) -> list[dict]:
     return rows
 
 
-def run(r: Run) -> dict:
+def figures(r: Run) -> dict:
+    """Figures 4-5, computed once per key and then read from their artifact."""
     k = key(r)
     if r.store.is_complete(r.model_name, STAGE, k):
         return read_json(r.store.path(r.model_name, STAGE, k) / RESULT)
-    method = steer.headline(r)
+    result = figure4(r, steer.headline(r))
+    with r.store.writing(r.model_name, STAGE, k, {"extract": r.extract_key}) as tmp:
+        write_json(tmp / RESULT, result)
+    log.info("analyze: %s", {c["classifier"]: round(c["f1"], 3) for c in result["classifiers"]})
+    return result
+
+
+def run(r: Run) -> dict:
     result = {
-        **figure4(r, method),
+        **figures(r),
         "table7_classification": table7_classification(r),
         "table7_layers": list(steer.paper_method(r).classify_layers),
         "default_threshold_source": (
@@ -123,7 +141,4 @@ def run(r: Run) -> dict:
     }
     if r.cfg.steer.tuned:
         result["tuned_threshold"] = tune.load(r)["threshold"]
-    with r.store.writing(r.model_name, STAGE, k, {"extract": r.extract_key}) as tmp:
-        write_json(tmp / RESULT, result)
-    log.info("analyze: %s", {n: round(s["f1"], 3) for n, s in result["classifiers"].items()})
     return result

@@ -34,7 +34,7 @@ def _width(r: Run) -> int:
     return len(parse_layers(spec, r.num_layers, "model.hparams.steer_layers"))
 
 
-def best_window(scores: list[float], width: int) -> list[int]:
+def top_window(scores: list[float], width: int) -> list[int]:
     """The `width` consecutive layers with the highest mean score (ties: the earliest)."""
     means = [sum(scores[i : i + width]) / width for i in range(len(scores) - width + 1)]
     start = max(range(len(means)), key=lambda i: (means[i], -i))
@@ -76,7 +76,7 @@ def run(r: Run) -> dict:
         "segments": table,
         "layer_refusal_score": per_layer,
         "lexicon_tokens": tokenizer.convert_ids_to_tokens(ids),
-        "suggested_steer_layers": best_window(per_layer, _width(r)),
+        "suggested_steer_layers": top_window(per_layer, _width(r)),
         "projection": "unit refusal vector (or segment PC1) x final-norm gain, then the LM head",
     }
     with r.store.writing(r.model_name, STAGE, k, {"extract": r.extract_key}) as tmp:

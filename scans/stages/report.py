@@ -81,7 +81,7 @@ def analysis_outputs(r: Run, out: Path) -> None:
     analysis_report.figure5(result, out / "figure5.png", r.model_name)
     figure4 = analysis_report.figure4_table(result)
     write_text_atomic(out / "figure4.csv", figure4.to_csv(index=False, float_format="%.4f"))
-    grid = pd.DataFrame(result["table7_classification"])
+    grid = analysis_report.table7_grid(result)
     write_text_atomic(out / "table7_grid.csv", grid.to_csv(index=False, float_format="%.4f"))
     t7 = analysis_report.table7(result, r.cfg.analysis.paper_thresholds)
     write_table(out, "table7", t7, analysis_report.table7_markdown(t7, grid, result, r.model_name))
