@@ -53,18 +53,18 @@ def _wrap(chat: ChatFormat, tokens: Sequence[int], pre: list[int], post: list[in
     return Window(ids, len(pre) + len(first) + len(post) - 1, chat.tokenizer.decode(first))
 
 
-def text_budget(chat: ChatFormat, length: int) -> int:
+def _layout(chat: ChatFormat, length: int) -> tuple[list[int], list[int], int]:
+    """The wrapper's tokens before and after the text, and how many text tokens a window holds."""
     pre, post = wrapper(chat)
     budget = length - len(pre) - len(post)
     if budget < 2:
         raise ModelError(f"a {length}-token window leaves no room for text inside the {chat.name} wrapper")
-    return budget
+    return pre, post, budget
 
 
 def wikitext_windows(chat: ChatFormat, rows: Sequence[str], length: int, limit: int | None) -> list[Window]:
     tokens = tokenize(chat.tokenizer, "\n\n".join(rows))
-    budget = text_budget(chat, length)
-    pre, post = wrapper(chat)
+    pre, post, budget = _layout(chat, length)
     count = len(tokens) // budget
     if limit is not None:
         count = min(count, limit)
@@ -72,8 +72,7 @@ def wikitext_windows(chat: ChatFormat, rows: Sequence[str], length: int, limit: 
 
 
 def c4_windows(chat: ChatFormat, documents: Sequence[str], length: int, count: int, seed: int) -> list[Window]:
-    budget = text_budget(chat, length)
-    pre, post = wrapper(chat)
+    pre, post, budget = _layout(chat, length)
     rng = random.Random(seed)
     encoded: dict[int, list[int]] = {}
     windows: list[Window] = []
