@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m scans
 
-.PHONY: setup test reproduce bench report clean
+.PHONY: setup test reproduce sweeps reproduce-all bench report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,21 @@ test:
 reproduce:
 	$(RUN) stage=judge_agreement
 	$(RUN) stage=all
+
+# Tables 5-7's refusal rates and Table 5's perplexity: the headline SCANS row with one hyperparameter varied, as
+# Hydra multiruns (one process each, the model loaded once; vectors and similarities read from reproduce's
+# artifacts). About 25 min on 2 CPU cores; the grids are configs/sweep's and analysis.paper_thresholds.
+ALPHAS ?= 1.5,2.0,2.5,3.0,3.5,4.0
+THRESHOLDS ?= 0.80,0.75,0.70,0.65,0.60
+SEGMENTS ?= former,middle,latter
+sweeps:
+	$(RUN) -m stage=sweep sweep.vary=alpha steer.alpha=$(ALPHAS)
+	$(RUN) -m stage=sweep sweep.vary=threshold classify.threshold=$(THRESHOLDS)
+	$(RUN) -m stage=sweep sweep.vary=layers steer.layers=$(SEGMENTS)
+	$(RUN) stage=report 'sweep.alphas=[$(ALPHAS)]' 'analysis.paper_thresholds=[$(THRESHOLDS)]' \
+		'sweep.segments=[$(SEGMENTS)]'
+
+reproduce-all: reproduce sweeps
 
 report:
 	$(RUN) stage=report

@@ -11,9 +11,11 @@ from scans.errors import ConfigError
 
 STAGES = (
     "align", "extract", "anchor", "classify", "tune", "analyze", "steer", "judge", "capability", "cost", "report",
-    "judge_agreement", "all",
+    "judge_agreement", "sweep", "all",
 )  # fmt: skip
 ANCHOR_LAYERS = "anchor"  # steer.layers=anchor: the layers the `anchor` stage's refusal score suggests
+SEGMENTS = ("former", "middle", "latter")  # steer.layers=middle: a segment of `analysis.segments` (Table 5)
+SWEEP_VARIES = ("alpha", "threshold", "layers")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-|\.\.)\s*(-?\d+)\s*$")
 
 
@@ -77,8 +79,18 @@ def validate(cfg: DictConfig) -> None:
         positive_int(n, "model.num_layers")
     number(cfg.steer.alpha, "steer.alpha")
     number(cfg.classify.threshold, "classify.threshold", -1.0, 1.0)
-    if cfg.steer.layers != ANCHOR_LAYERS:
+    if cfg.steer.layers != ANCHOR_LAYERS and cfg.steer.layers not in SEGMENTS:
         parse_layers(cfg.steer.layers, n, "steer.layers")
+    if cfg.analysis.segments is not None and n is not None:
+        from scans.analysis.anchoring import segments
+
+        segments(n, list(cfg.analysis.segments))
+    if cfg.sweep.vary not in SWEEP_VARIES:
+        raise ConfigError(f"sweep.vary={cfg.sweep.vary!r}; expected one of {', '.join(SWEEP_VARIES)}")
+    for a in cfg.sweep.alphas:
+        number(a, "sweep.alphas[]")
+    for t in cfg.analysis.paper_thresholds:
+        number(t, "analysis.paper_thresholds[]", -1.0, 1.0)
     parse_layers(cfg.classify.layers, n, "classify.layers")
     if cfg.steer.positions not in POSITION_POLICIES:
         raise ConfigError(f"steer.positions={cfg.steer.positions!r}; expected one of {', '.join(POSITION_POLICIES)}")

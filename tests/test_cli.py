@@ -97,6 +97,8 @@ def test_empty_evaluation_set_is_rejected(tmp_path, data_dir):
         "capability.mmlu.shots=7",
         "capability.perplexity.window=0",
         "tune.max_harmful_drop=2",
+        "sweep.vary=beta",
+        "analysis.segments=[20,10]",
     ],
 )
 def test_other_bad_values_are_rejected(tmp_path, override):

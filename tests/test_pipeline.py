@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from scans.analysis.classifiers import TABLE7_SETS
 from scans.artifacts import ArtifactStore, read_jsonl
 from scans.cli import CONFIG_DIR
 from scans.report.capability import TABLE3_COLUMNS, TABLE4_COLUMNS
+from scans.report.sweeps import TABLE5_COLUMNS
 from scans.report.table2 import COLUMNS
-from scans.stages import Run, analyze, classify, extract, run_stage, steer, tune
+from scans.stages import Run, analyze, classify, extract, run_stage, steer, sweep, tune
 from scans.stages import context as stage_context
 from scans.steering import harm_reference
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +218,99 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
     df = pd.read_csv(tmp / "report" / "table2.csv")
     assert df["method"].tolist() == ["Default", "SCANS (paper recipe)", "SCANS (tuned)"]  # rows of the model replaced
     assert "Per-layer AUROC" in (tmp / "report" / "tuning.md").read_text()
+
+
+# Tables 5-7: the `sweep` stage.
+
+
+def sweep_cfg(tiny_model_dir, tmp, *overrides):
+    return make_cfg(
+        tiny_model_dir, tmp, "sweep.alphas=[2.0]", "sweep.segments=[former,middle,latter]", *overrides
+    )  # fmt: skip
+
+
+def stage_dirs(tmp, stage: str) -> set[str]:
+    root = next((tmp / "artifacts").iterdir()) / stage
+    return {p.name for p in root.iterdir()} if root.is_dir() else set()
+
+
+@pytest.fixture(scope="module")
+def swept(finished, tiny_model_dir, data_dir):
+    """Table 6's α=2.0 column and Table 5's middle and latter rows, as two Hydra multiruns of the real CLI."""
+    cfg, tmp = finished
+    before = {s: stage_dirs(tmp, s) for s in ("extract", "classify", "responses")}
+    env = dict(os.environ, SCANS_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1")
+    args = [
+        "model=local", f"model.source.path={tiny_model_dir}", "model.num_layers=2", "model.device=cpu",
+        "model.hparams.steer_layers=0-1", "model.hparams.classify_layers=0-1", "model.hparams.threshold=0.5",
+        "experiment=smoke", "generation.max_new_tokens=4", f"paths.artifacts={tmp / 'artifacts'}",
+        f"hydra.sweep.dir={tmp / 'multirun'}", "stage=sweep",
+    ]  # fmt: skip
+    for job in (["sweep.vary=alpha", "steer.alpha=2.0,4.0"], ["sweep.vary=layers", "steer.layers=middle,latter"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "scans", "-m", *args, *job], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return cfg, tmp, before
+
+
+def test_sweep_multirun_reuses_vectors_and_similarities(swept):
+    cfg, tmp, before = swept
+    assert len(list((tmp / "multirun").glob("*steer.alpha=*"))) == 2  # one job per value
+    assert stage_dirs(tmp, "extract") == before["extract"]  # no second extraction
+    assert stage_dirs(tmp, "classify") == before["classify"]  # no second classification pass
+    sets = len(TABLE7_SETS)
+    # α 2.0 and 4.0 (new), middle = layer 0 and latter = layer 1 (new); the headline's α and layers exist already.
+    assert len(stage_dirs(tmp, "responses") - before["responses"]) == 4 * sets
+
+
+def test_columns_whose_signs_agree_share_one_generation(swept, tiny_model_dir, monkeypatch):
+    cfg, tmp, _ = swept
+    r = Run(cfg)
+    sims = torch.cat([steer.similarities_and_signs(r, steer.headline(r), n, r.eval_sets[n])[0] for n in TABLE7_SETS])
+    values = sorted(set(sims.tolist()))
+    lo, hi = values[len(values) // 2 - 1], values[len(values) // 2]  # no prompt's s_q lies between them
+    first, second = (sweep_cfg(tiny_model_dir, tmp, "sweep.vary=threshold", f"classify.threshold={lo + f * (hi - lo)}")
+                     for f in (1 / 3, 2 / 3))  # fmt: skip
+    run_stage("sweep", Run(first))
+    monkeypatch.setattr(steer, "generate", lambda *a, **k: pytest.fail("generated again"))
+    result = sweep.run(Run(second))
+    assert result["refusal"] == sweep.run(Run(first))["refusal"]
+
+
+def test_report_builds_tables_5_to_7_from_sweep_artifacts_alone(swept, tiny_model_dir, monkeypatch):
+    cfg, tmp, _ = swept
+    report_cfg = sweep_cfg(tiny_model_dir, tmp, "analysis.paper_thresholds=[0.9,0.3]")
+    monkeypatch.setattr(stage_context, "_MODELS", {})
+    monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
+    run_stage("report", Run(report_cfg))
+    out = tmp / "report"
+    t5 = pd.read_csv(out / "table5.csv")
+    assert list(t5.columns) == TABLE5_COLUMNS
+    # A 2-layer model has an empty former segment; middle is layer 0, latter layer 1 (the headline steers 0-1).
+    assert t5["segment"].tolist() == ["middle", "latter", "0-1 (Table 2 row)"]
+    assert t5["layers"].tolist() == ["0-0", "1-1", "0-1"] and (t5[["wikitext2_ppl", "c4_ppl"]] > 1).all().all()
+    t6 = pd.read_csv(out / "table6.csv")
+    assert t6["alpha"].tolist() == [2.0, cfg.steer.alpha]  # the grid, then the headline's own α (Table 2's row)
+    t7 = pd.read_csv(out / "table7.csv")
+    assert t7["threshold"].tolist() == [0.9, 0.3, cfg.classify.threshold]  # the grid, then the headline's 𝒯
+    assert not pd.isna(t7["avg"].iloc[-1])
+    text = (out / "table7.md").read_text()
+    for t in t7.loc[t7["avg"].isna(), "threshold"]:  # a 𝒯 whose signs match no generated column is listed
+        assert f"𝒯={t:g}" in text.split("Not generated yet:")[1].splitlines()[0]
+    assert "(reference §3.11)" in text and "XSTest (harmful = positive)" in text
+    assert "α=2" in (out / "table6.md").read_text() and "## Table 6" in (out / "index.md").read_text()
+    headline = steer.headline(Run(cfg))
+    table2 = pd.read_csv(out / "table2.csv").set_index("method").loc[headline.name]
+    row6 = t6.set_index("alpha").loc[cfg.steer.alpha]
+    assert row6["xstest_safe"] == pytest.approx(table2["xstest_safe"])  # the same responses as Table 2's row
+
+
+def test_segment_names_resolve_to_thirds_without_a_model(monkeypatch):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["steer.layers=latter"])  # the organism: 30 layers
+    monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
+    r = Run(cfg)
+    assert r.layers_of("former") == list(range(10)) and r.layers_of("middle") == list(range(10, 20))
+    assert r.steer_layers == list(range(20, 30))

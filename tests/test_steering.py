@@ -147,7 +147,9 @@ def test_zero_alpha_equals_unsteered(tiny_lm):
     enc = _encoded(tiny_lm)
     decoding = DecodingConfig(max_new_tokens=6)
     plain = generate(tiny_lm.model, tiny_lm.tokenizer, enc, decoding)
-    zero = generate(tiny_lm.model, tiny_lm.tokenizer, enc, decoding, Steering(_unit_vectors(tiny_lm.model), [0, 1], 0.0))
+    zero = generate(
+        tiny_lm.model, tiny_lm.tokenizer, enc, decoding, Steering(_unit_vectors(tiny_lm.model), [0, 1], 0.0)
+    )
     strong = generate(
         tiny_lm.model, tiny_lm.tokenizer, enc, decoding, Steering(_unit_vectors(tiny_lm.model) * 50, [0, 1], 1.0)
     )

@@ -31,6 +31,8 @@ def segments(num_layers: int, bounds: Sequence[int] | None = None) -> dict[str, 
     if bounds is None:
         first = num_layers // 3
         bounds = (first, num_layers - (num_layers - first) // 2)
+    if len(bounds) != 2 or not all(isinstance(b, int) for b in bounds):
+        raise ConfigError(f"analysis.segments={list(bounds)}: expected [m, l], where middle and latter start")
     b1, b2 = bounds
     if not 0 <= b1 <= b2 <= num_layers:
         raise ConfigError(f"analysis.segments={[b1, b2]} do not split {num_layers} layers into three segments")

@@ -19,20 +19,6 @@ PAPER_TABLE1 = [
     ["middle", "10-20", "_rejected, _impossible, zas, _cons, ball, od, lio, _tur, _reject, _cannot"],
     ["latter", "21-31", "sey, Mas, _Coun, Ir, -ext, -properties, Seg, ber, ds, _sa"],
 ]
-# Reference §3.11: the share of each set σ(q) classifies harmful is not in the paper; its refusal rates are.
-PAPER_TABLE7 = {
-    "threshold": [0.80, 0.75, 0.70, 0.65, 0.60],
-    "xstest_safe": [3.60, 9.20, 33.20, 46.00, 65.20],
-    "xstest_unsafe": [71.00, 93.50, 99.50, 99.50, 100.0],
-    "oktest": [0.0, 0.33, 8.33, 33.67, 50.00],
-    "malicious": [94.00, 98.00, 100.0, 100.0, 100.0],
-    "truthfulqa": [0.13, 0.80, 5.71, 10.49, 25.23],
-    "advbench": [99.12, 99.34, 99.56, 100.0, 100.0],
-}
-
-
-
-
 def _clean(token: str) -> str:
     return token.replace("Ġ", "_").replace("▁", "_").replace("Ċ", "\\n").replace("|", "\\|")
 
@@ -63,7 +49,7 @@ def table1_markdown(df: pd.DataFrame, result: Mapping, model: str) -> str:
             "",
             df.to_markdown(index=False, floatfmt=".2f"),
             "",
-            f"Steering layers the per-layer refusal score suggests: {_span(result['suggested_steer_layers'])} "
+            f"Steering layers the per-layer refusal score suggests: {span(result['suggested_steer_layers'])} "
             "(used only with `steer.layers=anchor`). Per-layer scores: `refusal_score.png`.",
             "",
             "The paper's Llama2-7b-chat (reference §3.4):",
@@ -74,8 +60,10 @@ def table1_markdown(df: pd.DataFrame, result: Mapping, model: str) -> str:
     )
 
 
-def _span(layers) -> str:
-    return f"{layers[0]}-{layers[-1]}"
+def span(layers) -> str:
+    """"a-b" for a contiguous block of layers, else the list."""
+    layers = list(layers)
+    return f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else str(layers)
 
 
 def refusal_score_figure(result: Mapping, path: Path, model: str) -> None:
@@ -149,32 +137,8 @@ def table7_grid(result: Mapping) -> pd.DataFrame:
     return pd.DataFrame(result["table7_classification"], columns=["threshold", *TABLE7_SETS, "xstest_f1"])
 
 
-def table7(result: Mapping, paper_thresholds) -> pd.DataFrame:
-    """The classification side at the paper's thresholds: % of each set that σ(q) classifies harmful."""
+def table7_shares(result: Mapping, thresholds) -> pd.DataFrame:
+    """The classification side at the given thresholds: % of each set that σ(q) classifies harmful."""
     df = table7_grid(result)
-    return df[df["threshold"].round(2).isin([round(t, 2) for t in paper_thresholds])].sort_values(
-        "threshold", ascending=False
-    )
-
-
-def table7_markdown(df: pd.DataFrame, full: pd.DataFrame, result: Mapping, model: str) -> str:
-    best = full.loc[full["xstest_f1"].idxmax()]
-    lines = [
-        f"# Table 7 (classification side): share of each set that σ(q) classifies harmful, by 𝒯 (`{model}`)",
-        "",
-        f"σ(q) with the paper recipe's 𝓛 = {_span(result['table7_layers'])}; from the cached similarities, no "
-        "generation. Refusal rates at these 𝒯 need generation and are not in this table yet.",
-        "",
-        df.to_markdown(index=False, floatfmt=".2f"),
-        "",
-        f"On the fine grid (0.50-1.00, step 0.01; `table7_grid.csv`) the best XSTest F1 is {best['xstest_f1']:.3f} "
-        f"at 𝒯 = {best['threshold']:.2f} (a test-set figure, not a choice). The default 𝒯 of the tuned row comes from "
-        f"the {result['default_threshold_source']}"
-        + (f": 𝒯 = {result['tuned_threshold']:.3f}." if "tuned_threshold" in result else "."),
-        "",
-        "The paper's Llama2-7b-chat refusal rates (%) at these 𝒯 (reference §3.11):",
-        "",
-        pd.DataFrame(PAPER_TABLE7).to_markdown(index=False, floatfmt=".2f"),
-        "",
-    ]
-    return "\n".join(lines)
+    keep = df["threshold"].map(lambda t: any(abs(t - x) < 1e-9 for x in thresholds))
+    return df[keep].sort_values("threshold", ascending=False)

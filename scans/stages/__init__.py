@@ -16,6 +16,7 @@ from scans.stages import (
     judge_agreement,
     report,
     steer,
+    sweep,
     tune,
 )
 from scans.stages.context import Run
@@ -33,6 +34,7 @@ STAGES: dict[str, Callable[[Run], object]] = {
     "cost": cost.run,
     "report": report.run,
     "judge_agreement": judge_agreement.run,
+    "sweep": sweep.run,
 }
 PIPELINE = (
     "align", "extract", "anchor", "classify", "tune", "analyze", "steer", "judge", "capability", "cost", "report",

@@ -4,8 +4,9 @@
   row's 𝓛 and 𝒯, beside a keyword filter, a cross-validated logistic probe on last-token activations (layer: the
   last of 𝓛), and the projection on the refusal vector over 𝓛 with its threshold chosen on the validation split.
 - Figure 5: per-layer cosine similarity of safe and unsafe XSTest prompts (mean, sd) and the per-layer AUROC.
-- Table 7 (classification): for every 𝒯 on a fine grid, the share of each evaluation set that σ(q) (the paper
-  recipe's 𝓛) classifies as harmful, and its XSTest F1, from the cached similarities alone.
+- Table 7 (classification): for every 𝒯 on a fine grid (and the paper's and the headline's 𝒯), the share of each
+  evaluation set that σ(q) (the headline row's 𝓛) classifies as harmful, and its XSTest F1, from the cached
+  similarities alone.
 """
 
 from __future__ import annotations
@@ -103,9 +104,10 @@ def figure4(r: Run, method: steer.Method) -> dict:
 
 
 def table7_classification(r: Run) -> list[dict]:
-    paper = steer.paper_method(r)
-    sims = {n: harm_similarity(classify.similarities(r, n, r.eval_sets[n]), paper.classify_layers) for n in TABLE7_SETS}
-    grid = sorted(set(np.round(np.arange(0.50, 1.0001, 0.01), 2)) | set(r.cfg.analysis.paper_thresholds))
+    head = steer.headline(r)
+    sims = {n: harm_similarity(classify.similarities(r, n, r.eval_sets[n]), head.classify_layers) for n in TABLE7_SETS}
+    fine = {float(t) for t in np.round(np.arange(0.50, 1.0001, 0.01), 2)}
+    grid = sorted(fine | {float(t) for t in r.cfg.analysis.paper_thresholds} | {float(head.threshold)})
     xs_scores = torch.cat([sims["xstest_safe"], sims["xstest_unsafe"]]).numpy()
     xs_harmful = [False] * len(sims["xstest_safe"]) + [True] * len(sims["xstest_unsafe"])
     rows = []
@@ -133,7 +135,7 @@ def run(r: Run) -> dict:
     result = {
         **figures(r),
         "table7_classification": table7_classification(r),
-        "table7_layers": list(steer.paper_method(r).classify_layers),
+        "table7_layers": list(steer.headline(r).classify_layers),
         "default_threshold_source": (
             f"tune stage: validation split {', '.join(r.cfg.tune.validation_sets)}" if r.cfg.steer.tuned
             else "model.hparams.threshold (the paper's value)"

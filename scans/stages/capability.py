@@ -108,8 +108,17 @@ def windows(r: Run, corpus: str) -> list[ppl_lib.Window]:
     return ppl_lib.c4_windows(r.lm.chat, list(table["text"]), c.window, c.windows or 256, c.c4_seed)
 
 
+def _perplexity_key(r: Run, method: steer.Method, corpus: str) -> str:
+    return _key(r, "perplexity", method, {"corpus": corpus, "data": data_fingerprint(corpus)})
+
+
+def cached_perplexity(r: Run, method: steer.Method, corpus: str) -> dict | None:
+    """The perplexity artifact of a method if it exists; never loads the model."""
+    return _cached(r, _perplexity_key(r, method, corpus))
+
+
 def perplexity(r: Run, method: steer.Method, corpus: str) -> dict:
-    k = _key(r, "perplexity", method, {"corpus": corpus, "data": data_fingerprint(corpus)})
+    k = _perplexity_key(r, method, corpus)
     if (hit := _cached(r, k)) is not None:
         return hit
     c = r.cfg.capability.perplexity

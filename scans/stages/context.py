@@ -8,8 +8,9 @@ from functools import cached_property
 from omegaconf import DictConfig, OmegaConf
 
 from scans.artifacts import ArtifactStore, stable_hash
-from scans.config import ANCHOR_LAYERS, parse_layers
+from scans.config import ANCHOR_LAYERS, SEGMENTS, parse_layers
 from scans.data import AnchorSplit, Prompt, anchor_split, data_fingerprint, evaluation_sets, load_prompts
+from scans.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,23 @@ class Run:
 
     @cached_property
     def steer_layers(self) -> list[int]:
-        if self.cfg.steer.layers == ANCHOR_LAYERS:
+        return self.layers_of(self.cfg.steer.layers)
+
+    def layers_of(self, spec, key: str = "steer.layers") -> list[int]:
+        """Steering layers from "a-b" or a list, `anchor` (the `anchor` stage's suggestion) or a segment's name."""
+        if spec == ANCHOR_LAYERS:
             from scans.stages import anchor
 
             return list(anchor.run(self)["suggested_steer_layers"])
-        return parse_layers(self.cfg.steer.layers, self.num_layers, "steer.layers")
+        if spec in SEGMENTS:
+            from scans.analysis.anchoring import segments
+
+            bounds = self.cfg.analysis.segments
+            layers = segments(self.num_layers, None if bounds is None else list(bounds))[spec]
+            if not layers:
+                raise ConfigError(f"{key}={spec}: that segment of a {self.num_layers}-layer model is empty")
+            return layers
+        return parse_layers(spec, self.num_layers, key)
 
     @cached_property
     def classify_layers(self) -> list[int]:

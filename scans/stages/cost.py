@@ -18,8 +18,8 @@ from scans.artifacts import read_json, stable_hash, write_json
 from scans.capability.cost import ScansSpec, measure, signs_for
 from scans.data import load_table
 from scans.models import encode
-from scans.models.loading import resolve_device
 from scans.models.chat import tokenize
+from scans.models.loading import resolve_device
 from scans.stages import extract, steer
 from scans.stages.context import Run
 from scans.steering import DecodingConfig, Steering, generate

@@ -1,5 +1,6 @@
-"""Stage `report`: Tables 2, 3 and 4 (Markdown and CSV) from the artifacts, and for the organism its behaviour
-against the targets and the tuned row's validation record.
+"""Stage `report`: Tables 1-7 (Markdown, CSV, LaTeX), Figures 4-5 and an index page from the artifacts alone, and
+for the organism its behaviour against the targets and the tuned row's validation record. Tables 5-7's refusal
+rates come from the `sweep` stage (`make sweeps`); a column that has not been generated is listed as missing.
 
 Each CSV keeps one block of rows per model: rerunning the report for one model replaces that model's rows and
 keeps the others (each block was built from its own model's artifacts).
@@ -13,15 +14,28 @@ from pathlib import Path
 
 import pandas as pd
 
+from scans.analysis.classifiers import TABLE7_SETS
 from scans.artifacts import write_text_atomic
 from scans.data import TABLE2_SETS
-from scans.errors import ConfigError
-from scans.report.organism import organism_table, organism_markdown
-from scans.report.table2 import table2, table2_row, to_markdown
+from scans.errors import ArtifactError, ConfigError
 from scans.report import analysis as analysis_report
+from scans.report import sweeps as sweep_report
+from scans.report.analysis import span
 from scans.report.capability import table3, table3_markdown, table4, table4_markdown
+from scans.report.organism import organism_markdown, organism_table
+from scans.report.table2 import table2, table2_row, to_markdown
 from scans.report.tuning import tuning_markdown
-from scans.stages import align, analyze, anchor, capability, cost, judge, steer, tune
+from scans.stages import (
+    align,
+    analyze,
+    anchor,
+    capability,
+    cost,
+    judge,
+    steer,
+    sweep,
+    tune,
+)
 from scans.stages.context import Run
 
 log = logging.getLogger(__name__)
@@ -83,13 +97,100 @@ def analysis_outputs(r: Run, out: Path) -> None:
     write_text_atomic(out / "figure4.csv", figure4.to_csv(index=False, float_format="%.4f"))
     grid = analysis_report.table7_grid(result)
     write_text_atomic(out / "table7_grid.csv", grid.to_csv(index=False, float_format="%.4f"))
-    t7 = analysis_report.table7(result, r.cfg.analysis.paper_thresholds)
-    write_table(out, "table7", t7, analysis_report.table7_markdown(t7, grid, result, r.model_name))
+    sweep_tables(r, out, grid, result["default_threshold_source"])
+
+
+def _sweep_counts(r: Run, method: steer.Method) -> dict[str, tuple[int, int]] | None:
+    """{set: (n, refusals)} of one sweep column, or None when the `sweep` stage has not made it."""
+    try:
+        return counts(r, method, TABLE7_SETS)
+    except ArtifactError:
+        return None
+
+
+def _with(values, value: float) -> list[float]:
+    """The grid, and the headline's own value after it when it is not on the grid."""
+    values = [float(v) for v in values]
+    return values if any(abs(v - value) < 1e-9 for v in values) else [*values, float(value)]
+
+
+def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -> None:
+    """Tables 5, 6 and 7: the headline row with one hyperparameter varied (the columns that exist)."""
+    head = steer.headline(r)
+    n = {len(r.eval_sets[s]) for s in TABLE7_SETS}
+    sizes = f"{n.pop()} prompts per set" if len(n) == 1 else "the sets of Table 2"
+    headline = (
+        f"{head.name} (α {head.alpha:g}, steering {span(head.steer_layers)}, 𝓛 {span(head.classify_layers)}, "
+        f"𝒯 {head.threshold:.3f})"
+    )
+    model = r.model_name
+
+    missing6: list[str] = []
+    rows6 = []
+    for a in _with(r.cfg.sweep.alphas, head.alpha):
+        if (c := _sweep_counts(r, sweep.method(r, "alpha", a))) is None:
+            missing6.append(f"α={a:g}")
+        else:
+            rows6.append({"model": model, "alpha": a, **sweep_report.rates(c)})
+    df6 = sweep_report.table6(rows6)
+    _write_sweep(out, "table6", df6, sweep_report.table6_markdown(df6, model, headline, sizes, missing6))
+
+    missing7: list[str] = []
+    thresholds = _with(r.cfg.analysis.paper_thresholds, head.threshold)
+    rows7 = []
+    for t in thresholds:
+        c = _sweep_counts(r, sweep.method(r, "threshold", t))
+        if c is None:
+            missing7.append(f"𝒯={t:g}")
+        f1 = grid.loc[(grid["threshold"] - t).abs() < 1e-9, "xstest_f1"].iloc[0]
+        rows7.append({"model": model, "threshold": t, **(sweep_report.rates(c) if c else {}), "xstest_f1": f1})
+    df7 = sweep_report.table7(rows7)
+    shares = analysis_report.table7_shares({"table7_classification": grid.to_dict("records")}, thresholds)
+    md = sweep_report.table7_markdown(
+        df7.dropna(subset=["avg"]), shares, grid, model, headline, span(head.classify_layers), sizes, missing7,
+        threshold_source,
+    )  # fmt: skip
+    write_table(out, "table7", _merged(out / "table7.csv", df7), md, "%.4g")  # 𝒯 = 0.9186, not 0.92
+
+    missing5: list[str] = []
+    rows5 = []
+    for label, m in _segment_methods(r, head):
+        c = _sweep_counts(r, m)
+        ppl = {corpus: capability.cached_perplexity(r, m, corpus) for corpus in capability.CORPORA}
+        if c is None or None in ppl.values():
+            missing5.append(label)
+            continue
+        row = {"model": model, "segment": label, "layers": span(m.steer_layers)}
+        row.update({f"{corpus}_ppl": p["ppl"] for corpus, p in ppl.items()})
+        rows5.append({**row, **sweep_report.rates(c)})
+    df5 = sweep_report.table5(rows5)
+    _write_sweep(out, "table5", df5, sweep_report.table5_markdown(df5, model, headline, sizes, missing5))
+
+
+def _segment_methods(r: Run, head: steer.Method) -> list[tuple[str, steer.Method]]:
+    """Table 5's rows: each segment of `sweep.segments`, then the headline's own layers unless one of them."""
+    out = []
+    for name in r.cfg.sweep.segments:
+        try:
+            out.append((name, sweep.method(r, "layers", name)))
+        except ConfigError as exc:  # a segment of a very shallow model can be empty
+            log.warning("report: Table 5 leaves out %s", exc)
+    if all(m.steer_layers != head.steer_layers for _, m in out):
+        out.append((f"{span(head.steer_layers)} (Table 2 row)", head))
+    return out
+
+
+def _write_sweep(out: Path, name: str, df: pd.DataFrame, markdown: str) -> None:
+    if len(df):
+        write_table(out, name, _merged(out / f"{name}.csv", df), markdown)
+    else:
+        log.warning("report: no %s column generated yet (make sweeps)", name)
 
 
 INDEX_ORDER = (
     ("table1", "Table 1: layer anchoring"), ("table2", "Table 2: refusal rates"), ("table3", "Table 3: capability"),
-    ("table4", "Table 4: cost"), ("table7", "Table 7: threshold (classification side)"),
+    ("table4", "Table 4: cost"), ("table5", "Table 5: steering layers"), ("table6", "Table 6: multiplier α"),
+    ("table7", "Table 7: threshold 𝒯"),
     ("organism", "The model organism"), ("tuning", "The tuned row's validation record"),
 )  # fmt: skip
 FIGURES = (("figure4.png", "Figure 4"), ("figure5.png", "Figure 5"), ("refusal_score.png", "Refusal score per layer"))

@@ -84,7 +84,7 @@ def method_settings(r: Run, method: Method) -> dict:
 
 
 def settings(r: Run, method: Method) -> dict:
-    """Every input that changes a method's responses."""
+    """Every input that changes a method's responses, but σ(q) itself (see `key`)."""
     return {**method_settings(r, method), "decoding": asdict(decoding(r, method))}
 
 
@@ -93,15 +93,41 @@ def headline(r: Run) -> Method:
     return methods(r)[-1]
 
 
+def similarities_and_signs(
+    r: Run, method: Method, name: str, prompts: list[Prompt], layer_sims: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """s_q (Eq. 4) and σ(q) (Eq. 5) of every prompt of a set under a method, from the set's cached per-layer
+    similarities (or from `layer_sims` (N, L), when they are already at hand)."""
+    if layer_sims is None:
+        layer_sims = classify.similarities(r, name, prompts)
+    sims = harm_similarity(layer_sims, method.classify_layers)
+    return sims, steer_sign(sims, method.threshold)
+
+
 def signs(r: Run, method: Method, name: str, prompts: list[Prompt]) -> torch.Tensor:
-    """σ(q) (Eq. 5) of every prompt of a set under a method, from the set's cached per-layer similarities."""
-    sims = harm_similarity(classify.similarities(r, name, prompts), method.classify_layers)
-    return steer_sign(sims, method.threshold)
+    return similarities_and_signs(r, method, name, prompts)[1]
 
 
-def key(r: Run, method: Method, name: str, prompts: list[Prompt]) -> str:
-    digest = stable_hash({"settings": settings(r, method), "prompts": prompts_hash(prompts)})
-    return f"{name}-{method.slug}-{digest}"
+def key(r: Run, method: Method, name: str, prompts: list[Prompt], sign: torch.Tensor | None = None) -> str:
+    """A steered generation depends on 𝓛 and 𝒯 only through each prompt's σ(q): the key holds the signs instead,
+    so two settings whose signs agree (neighbouring 𝒯 of a sweep) share one set of responses."""
+    inputs = settings(r, method)
+    if method.steered:
+        for k in ("classify_layers", "threshold", "response"):
+            inputs.pop(k)
+        if sign is None:
+            sign = signs(r, method, name, prompts)
+        inputs["signs"] = [int(x) for x in sign]
+    digest = stable_hash({"settings": inputs, "prompts": prompts_hash(prompts)})
+    return f"{name}-{'scans' if method.steered else method.slug}-{digest}"
+
+
+def _locate(r: Run, method: Method, name: str, prompts: list[Prompt], layer_sims: torch.Tensor | None = None):
+    """The responses' key, with s_q and σ(q) of a steered method (None for Default)."""
+    sims = sign = None
+    if method.steered:
+        sims, sign = similarities_and_signs(r, method, name, prompts, layer_sims)
+    return key(r, method, name, prompts, sign), sims, sign
 
 
 def respond(
@@ -110,29 +136,24 @@ def respond(
     """The responses of one method on one set, generated once and then read from their artifact.
 
     `layer_sims` (N, L) may be passed when the prompts' similarities are already at hand (a subset of a classified
-    set); otherwise they come from the `classify` artifact of this set.
+    set); otherwise they come from the `classify` artifact of this set. Each row carries this method's s_q and σ(q).
     """
-    k = key(r, method, name, prompts)
+    k, sims, sign = _locate(r, method, name, prompts, layer_sims)
     if r.store.is_complete(r.model_name, STAGE, k):
         log.info("steer: reusing %s / %s", method.name, name)
-        return read_jsonl(r.store.path(r.model_name, STAGE, k) / RESPONSES)
+        return _own(read_jsonl(r.store.path(r.model_name, STAGE, k) / RESPONSES), sims)
     encoded = [encode(r.lm.chat, p.text) for p in prompts]
-    sims = signs = spec = None
+    spec = None
     if method.steered:
-        if layer_sims is None:
-            layer_sims = classify.similarities(r, name, prompts)
-        sims = harm_similarity(layer_sims, method.classify_layers)
-        signs = steer_sign(sims, method.threshold)
         vectors = extract.load(r)["refusal_vectors"]
         spec = Steering(vectors, method.steer_layers, method.alpha, r.cfg.steer.positions)
-    responses = generate(r.lm.model, r.lm.tokenizer, encoded, decoding(r, method), spec, signs, f"{method.name} {name}")
+    responses = generate(r.lm.model, r.lm.tokenizer, encoded, decoding(r, method), spec, sign, f"{method.name} {name}")
     rows = [
         {
             "eval_set": name,
             "prompt": p.text,
             "label": p.label,
-            "similarity": None if sims is None else float(sims[i]),
-            "sign": None if signs is None else int(signs[i]),
+            "sign": None if sign is None else int(sign[i]),
             "response": responses[i],
         }
         for i, p in enumerate(prompts)
@@ -141,7 +162,12 @@ def respond(
     with r.store.writing(r.model_name, STAGE, k, provenance) as tmp:
         write_jsonl(tmp / RESPONSES, rows)
     log.info("steer: %s / %s done (%d responses)", method.name, name, len(rows))
-    return rows
+    return _own(rows, sims)
+
+
+def _own(rows: list[dict], sims: torch.Tensor | None) -> list[dict]:
+    """The rows with this method's s_q (a shared artifact stores the signs only, which every sharer agrees on)."""
+    return [{**row, "similarity": None if sims is None else float(sims[i])} for i, row in enumerate(rows)]
 
 
 def base_run(r: Run) -> Run | None:
@@ -165,6 +191,6 @@ def run(r: Run) -> None:
 
 
 def load(r: Run, method: Method, name: str, prompts: list[Prompt]) -> tuple[str, list[dict]]:
-    k = key(r, method, name, prompts)
+    k, sims, _ = _locate(r, method, name, prompts)
     path = r.store.require(r.model_name, STAGE, k, "python -m scans stage=steer")
-    return k, read_jsonl(path / RESPONSES)
+    return k, _own(read_jsonl(path / RESPONSES), sims)

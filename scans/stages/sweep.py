@@ -1,0 +1,57 @@
+"""Stage `sweep`: one column of Tables 5-7, the headline SCANS row with one hyperparameter replaced.
+
+`sweep.vary` names the hyperparameter and the job takes its value from the usual key, so a Hydra multirun over that
+key gives a table: `steer.alpha` (Table 6), `classify.threshold` (Table 7) or `steer.layers` (Table 5: a segment
+name, `former` / `middle` / `latter`, or a range). The other hyperparameters are the headline row's. Every job reads
+the extracted vectors and the cached per-layer similarities (no second extraction or classification pass), and the
+responses are keyed by σ(q)'s signs, so columns whose signs agree, and the column equal to Table 2's row, share one
+generation. A job generates and judges the sets of Tables 5-7 and, for Table 5, measures perplexity.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from scans.analysis.classifiers import TABLE7_SETS
+from scans.stages import capability, judge, steer
+from scans.stages.context import Run
+
+log = logging.getLogger(__name__)
+
+
+def method(r: Run, vary: str, value) -> steer.Method:
+    """The headline row with `vary` set to `value`."""
+    base = steer.headline(r)
+    if vary == "alpha":
+        return replace(base, name=f"{base.name}, α={float(value):g}", alpha=float(value))
+    if vary == "threshold":
+        return replace(base, name=f"{base.name}, 𝒯={float(value):g}", threshold=float(value))
+    layers = tuple(r.layers_of(value))
+    return replace(base, name=f"{base.name}, layers {value}", steer_layers=layers)
+
+
+def configured(r: Run) -> steer.Method:
+    """This job's method: the varied hyperparameter from its config key."""
+    vary = r.cfg.sweep.vary
+    value = {"alpha": r.cfg.steer.alpha, "threshold": r.cfg.classify.threshold, "layers": r.cfg.steer.layers}[vary]
+    return method(r, vary, value)
+
+
+def rates(r: Run, m: steer.Method) -> dict[str, dict]:
+    """The judge's summary of `m` on each set of Tables 5-7 (generated and judged once)."""
+    out = {}
+    for name in TABLE7_SETS:
+        prompts = r.eval_sets[name]
+        steer.respond(r, m, name, prompts)
+        out[name] = judge.judge_set(r, m, name, prompts)
+    return out
+
+
+def run(r: Run) -> dict:
+    m = configured(r)
+    result = {"method": m.name, "refusal": {n: s["refusal_rate"] for n, s in rates(r, m).items()}}
+    if r.cfg.sweep.vary == "layers":
+        result["perplexity"] = {c: capability.perplexity(r, m, c)["ppl"] for c in capability.CORPORA}
+    log.info("sweep: %s", result)
+    return result
