@@ -2,7 +2,7 @@
 
 Peak memory is `torch.cuda.max_memory_allocated` on a GPU (reset before each measurement) and, on the CPU, the
 peak resident set size of this process sampled every 5 ms during the measurement (it includes everything the
-process holds, the model weights first of all).
+process holds, the model weights first of all; garbage is collected and freed heap returned to the OS first).
 
 Two ways to run SCANS on a list of prompts are timed by `make bench`: the project's batched pipeline (σ(q) for all
 prompts in batches, then steered batched generation) and a loop that mimics the authors' code (one prompt at a
@@ -11,6 +11,9 @@ time: a classification forward pass, then generation).
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -53,8 +56,20 @@ class _RssSampler:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
+def release_memory() -> None:
+    """Collect garbage and, with glibc, hand freed heap pages back to the OS, so that a CPU peak reflects what the
+    process holds now rather than what earlier work in it (the organism's training, say) once allocated."""
+    gc.collect()
+    if platform.system() == "Linux":
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
+
+
 def measure(fn: Callable[[], object], device: torch.device) -> Measurement:
     """Wall time and peak memory (MB) of one call."""
+    release_memory()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -65,6 +65,12 @@ class Run:
             _MODELS[key] = load_model(model_cfg, cache_dir=f"{self.cfg.paths.artifacts}/models")
         return _MODELS[key]
 
+    def release_other_models(self) -> None:
+        """Drop every loaded model but this run's (the base model an organism run loads for its comparison rows)."""
+        keep = stable_hash([self.model_identity, self.cfg.model.device])
+        for k in [k for k in _MODELS if k != keep]:
+            del _MODELS[k]
+
     @cached_property
     def num_layers(self) -> int:
         n = self.cfg.model.get("num_layers")

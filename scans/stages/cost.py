@@ -94,6 +94,7 @@ def run(r: Run) -> dict:
     k = key(r)
     if r.store.is_complete(r.model_name, STAGE, k):
         return read_json(r.store.path(r.model_name, STAGE, k) / RESULT)
+    r.release_other_models()  # a peak of this model alone, whichever stages ran before in this process
     prompts = queries(r)
     rows = []
     for batch in r.cfg.capability.cost.batch_sizes:
