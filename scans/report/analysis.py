@@ -137,8 +137,7 @@ def table7_grid(result: Mapping) -> pd.DataFrame:
     return pd.DataFrame(result["table7_classification"], columns=["threshold", *TABLE7_SETS, "xstest_f1"])
 
 
-def table7_shares(result: Mapping, thresholds) -> pd.DataFrame:
-    """The classification side at the given thresholds: % of each set that σ(q) classifies harmful."""
-    df = table7_grid(result)
+def table7_shares(df: pd.DataFrame, thresholds) -> pd.DataFrame:
+    """The classification side (`table7_grid`) at the given thresholds: % of each set that σ(q) classifies harmful."""
     keep = df["threshold"].map(lambda t: any(abs(t - x) < 1e-9 for x in thresholds))
     return df[keep].sort_values("threshold", ascending=False)

@@ -145,7 +145,7 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
         f1 = grid.loc[(grid["threshold"] - t).abs() < 1e-9, "xstest_f1"].iloc[0]
         rows7.append({"model": model, "threshold": t, **(sweep_report.rates(c) if c else {}), "xstest_f1": f1})
     df7 = sweep_report.table7(rows7)
-    shares = analysis_report.table7_shares({"table7_classification": grid.to_dict("records")}, thresholds)
+    shares = analysis_report.table7_shares(grid, thresholds)
     md = sweep_report.table7_markdown(
         df7.dropna(subset=["avg"]), shares, grid, model, headline, span(head.classify_layers), sizes, missing7,
         threshold_source,
