@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,25 @@ class ArtifactStore:
         if not (path / PROVENANCE).is_file():
             raise ArtifactError(f"no {stage} artifact at {path}; run `{hint}` first")
         return path
+
+    def cached(
+        self,
+        model: str,
+        stage: str,
+        key: str,
+        build: Callable[[Path], Any],
+        provenance: Mapping[str, Any] | None = None,
+        result: str = "summary.json",
+    ) -> Any:
+        """The JSON `result` of a complete artifact; otherwise `build(tmp)` writes any further files into the
+        temporary folder and returns the result, which is written beside them before the folder is renamed."""
+        path = self.path(model, stage, key)
+        if self.is_complete(model, stage, key):
+            return read_json(path / result)
+        with self.writing(model, stage, key, provenance or {}) as tmp:
+            out = build(tmp)
+            write_json(tmp / result, out)
+        return out
 
     @contextmanager
     def writing(self, model: str, stage: str, key: str, provenance: Mapping[str, Any]) -> Iterator[Path]:

@@ -10,8 +10,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from scans.errors import ConfigError
 
 STAGES = (
-    "align", "extract", "anchor", "classify", "tune", "analyze", "steer", "judge", "capability", "cost", "report",
-    "judge_agreement", "sweep", "all",
+    "align", "extract", "anchor", "classify", "tune", "prepare", "analyze", "steer", "judge", "capability", "cost",
+    "report", "judge_agreement", "sweep", "all",
 )  # fmt: skip
 ANCHOR_LAYERS = "anchor"  # steer.layers=anchor: the layers the `anchor` stage's refusal score suggests
 SEGMENTS = ("former", "middle", "latter")  # steer.layers=middle: a segment of `analysis.segments` (Table 5)
@@ -114,3 +114,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"capability.mmlu.shots={c.mmlu.shots!r}; MMLU has 5 dev questions per subject (0-5)")
     for b in c.cost.batch_sizes:
         positive_int(b, "capability.cost.batch_sizes[]")
+    validate_methods(cfg)
+
+
+def validate_methods(cfg: DictConfig) -> None:
+    """Every listed method (and `method=`, if given) must name a YAML of configs/method/ and build from it."""
+    from scans import methods
+
+    if not cfg.get("methods"):
+        raise ConfigError("methods is empty; list rows of configs/method/ (e.g. methods=[default,scans_paper])")
+    for name in cfg.methods:
+        methods.build(methods.node(cfg, name), name)
+    if cfg.get("method") is not None:
+        methods.build(cfg.method)

@@ -19,12 +19,13 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
+from scans import methods
+from scans.capability.cost import authors_loop, batched_scans, measure
 from scans.cli import CONFIG_DIR
 from scans.config import parse_layers
 from scans.data import load_prompts
 from scans.models import encode
-from scans.capability.cost import authors_loop, batched_scans, measure
-from scans.stages import Run, run_stage, steer
+from scans.stages import Run, run_stage
 from scans.stages.cost import device_name, scans_spec
 from scans.steering import DecodingConfig, Steering, generate
 
@@ -75,7 +76,7 @@ def main() -> None:
 def pipeline(r: Run, prompts: list[str], new_tokens: int, repeats: int, batch: int) -> None:
     """SCANS end to end (σ(q) + steered generation) on the same prompts: batched vs the authors' one-by-one loop."""
     run_stage("extract", r)  # the real d_harm and v_r (reused when they exist)
-    spec = scans_spec(r, steer.paper_method(r))
+    spec = scans_spec(r, methods.load(r, methods.HEADLINE[False]))
     lm = r.lm
     dec = DecodingConfig(new_tokens, 1.1, batch, min_new_tokens=new_tokens)
     arms = {"batched": batched_scans, "authors loop": authors_loop}

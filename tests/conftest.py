@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+# Where the tiny models run: the CPU here and in CI; `SCANS_TEST_DEVICE=cuda` on a GPU machine (scripts/device_methods.sh).
+DEVICE = os.environ.get("SCANS_TEST_DEVICE", "cpu")
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -73,7 +75,7 @@ def tiny_model(tiny_tokenizer):
         pad_token_id=tiny_tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config).eval().requires_grad_(False)
-    return model
+    return model.to(DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +83,12 @@ def tiny_lm(tiny_model, tiny_tokenizer):
     from scans.models import LoadedModel, make_chat_format
 
     return LoadedModel("tiny", tiny_model, tiny_tokenizer, make_chat_format("tokenizer", tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
+    """The tiny model and tokenizer saved as a transformers folder (`model=local`)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path

@@ -52,8 +52,8 @@ def test_mmlu_prompt_is_the_hendrycks_format(mmlu_table, tiny_tokenizer):
 def test_answer_start_points_at_the_last_answer_marker(items, tiny_tokenizer):
     for q in items:
         ids = tiny_tokenizer(q.prompt, add_special_tokens=False)["input_ids"]
-        start = mmlu.answer_start(tiny_tokenizer, ids, q.prompt)
-        assert tiny_tokenizer.decode(ids[start:]) == mmlu.ANSWER_MARK
+        start, bos = mmlu.answer_start(tiny_tokenizer, ids, q.prompt)
+        assert tiny_tokenizer.decode(ids[start:]) == mmlu.ANSWER_MARK and bos == 0
 
 
 def test_lm_eval_agrees_with_the_direct_argmax(scans_lm, items):
@@ -63,7 +63,7 @@ def test_lm_eval_agrees_with_the_direct_argmax(scans_lm, items):
 def _direct_steered_scores(lm, q, vectors, layers, coef):
     ctx, _ = lm._encode_pair(q.prompt, " A")
     letter_ids = [lm._encode_pair("Answer:", f" {x}")[1][0] for x in mmlu.LETTERS]
-    start = mmlu.answer_start(lm.tokenizer, ctx, q.prompt)
+    start, _ = mmlu.answer_start(lm.tokenizer, ctx, q.prompt)
     with torch.no_grad(), steering(lm.model, vectors, layers, torch.tensor([coef]), torch.tensor([start])):
         logits = lm.model(torch.tensor([ctx])).logits[0, -1]
     return torch.log_softmax(logits.float(), -1)[letter_ids]
@@ -73,12 +73,12 @@ def test_lm_eval_steers_every_row_with_its_own_sign(scans_lm, items):
     torch.manual_seed(0)
     vectors = torch.randn(2, scans_lm.model.config.hidden_size)
     coefs = [8.0 if i % 2 else -8.0 for i in range(len(items))]  # mixed signs inside every batch
-    scores = mmlu.lm_eval_scores(scans_lm, items, coefs, vectors, [0, 1])
+    scores = mmlu.lm_eval_scores(scans_lm, items, Steering(vectors, [0, 1], 1.0), coefs)
     for q, coef, row in zip(items, coefs, scores):
         assert torch.allclose(torch.tensor(row), _direct_steered_scores(scans_lm, q, vectors, [0, 1], coef), atol=1e-4)
     unsteered = mmlu.lm_eval_scores(scans_lm, items)
     assert not torch.allclose(torch.tensor(scores), torch.tensor(unsteered), atol=1e-3)
-    assert scans_lm.vectors is None  # the plan is cleared afterwards
+    assert scans_lm.intervention is None and not scans_lm.plan  # the plan is cleared afterwards
 
 
 def test_accuracy_table_is_the_micro_average(items):
@@ -120,8 +120,9 @@ def test_steered_perplexity_batched_equals_one_by_one(tiny_lm, data_dir):
     torch.manual_seed(0)
     vectors = torch.randn(2, tiny_lm.model.config.hidden_size)
     coefs = torch.tensor([4.0, -4.0, 4.0, -4.0])
-    one = perplexity.window_nlls(tiny_lm.model, windows, vectors, [0, 1], coefs, batch_size=1)
-    two = perplexity.window_nlls(tiny_lm.model, windows, vectors, [0, 1], coefs, batch_size=2)
+    spec = Steering(vectors, [0, 1], 1.0)
+    one = perplexity.window_nlls(tiny_lm.model, windows, spec, coefs, batch_size=1)
+    two = perplexity.window_nlls(tiny_lm.model, windows, spec, coefs, batch_size=2)
     plain = perplexity.window_nlls(tiny_lm.model, windows)
     assert one == pytest.approx(two, abs=1e-5)
     assert one != pytest.approx(plain, abs=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -11,26 +12,23 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
+from scans import methods
 from scans.analysis.classifiers import TABLE7_SETS
 from scans.artifacts import ArtifactStore, read_jsonl
 from scans.cli import CONFIG_DIR
+from scans.methods import Default, Intervention, Method
+from scans.models.chat import tokenize
 from scans.report.capability import TABLE3_COLUMNS, TABLE4_COLUMNS
 from scans.report.sweeps import TABLE5_COLUMNS
 from scans.report.table2 import COLUMNS
 from scans.stages import Run, analyze, classify, extract, run_stage, steer, sweep, tune
 from scans.stages import context as stage_context
 from scans.steering import harm_reference
+from conftest import DEVICE
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
 
 
 def make_cfg(tiny_model_dir, tmp_path, *overrides):
@@ -41,12 +39,13 @@ def make_cfg(tiny_model_dir, tmp_path, *overrides):
                 "model=local",
                 f"model.source.path={tiny_model_dir}",
                 "model.num_layers=2",
-                "model.device=cpu",
+                f"model.device={DEVICE}",
                 "model.hparams.steer_layers=0-1",
                 "model.hparams.classify_layers=0-1",
                 "model.hparams.threshold=0.5",
                 "experiment=smoke",
                 "generation.max_new_tokens=4",
+                "methods=[default,scans_paper,scans_tuned]",
                 f"paths.artifacts={tmp_path / 'artifacts'}",
                 f"paths.report={tmp_path / 'report'}",
                 *overrides,
@@ -66,7 +65,7 @@ def test_pipeline_writes_table2_in_the_papers_layout(finished):
     cfg, tmp = finished
     df = pd.read_csv(tmp / "report" / "table2.csv")
     assert list(df.columns) == COLUMNS
-    assert df["method"].tolist() == ["Default", "SCANS"]
+    assert df["method"].tolist() == ["Default", "SCANS (paper recipe)"]
     rates = df[COLUMNS[2:]].to_numpy()
     assert ((rates >= 0) & (rates <= 100)).all()
     assert "Llama2-7b-chat (paper)" in (tmp / "report" / "table2.md").read_text()
@@ -75,7 +74,7 @@ def test_pipeline_writes_table2_in_the_papers_layout(finished):
 def test_pipeline_writes_tables_3_and_4(finished):
     _, tmp = finished
     t3 = pd.read_csv(tmp / "report" / "table3.csv")
-    assert list(t3.columns) == TABLE3_COLUMNS and t3["method"].tolist() == ["Default", "SCANS"]
+    assert list(t3.columns) == TABLE3_COLUMNS and t3["method"].tolist() == ["Default", "SCANS (paper recipe)"]
     assert (t3[["wikitext2_ppl", "c4_ppl"]] > 1).all().all()
     assert t3[TABLE3_COLUMNS[4:]].apply(lambda c: c.between(0, 100)).all().all()
     t4 = pd.read_csv(tmp / "report" / "table4.csv")
@@ -117,16 +116,18 @@ def test_threshold_sweep_needs_no_generation(finished, monkeypatch):
     assert 0.3 in rows and 0.9 in rows and rows[0.3]["xstest_safe"] >= rows[0.9]["xstest_safe"]
 
 
-def test_scans_responses_carry_similarity_and_sign(finished):
+def test_scans_responses_carry_coefficient_and_sign(finished):
     cfg, _ = finished
     r = Run(cfg)
     prompts = r.eval_sets["xstest_safe"]
-    scans_method = steer.methods(r)[1]
+    scans_method = methods.rows(r)[1]
     _, rows = steer.load(r, scans_method, "xstest_safe", prompts)
     assert [row["prompt"] for row in rows] == [p.text for p in prompts]
-    for row in rows:
-        assert row["sign"] == (1 if row["similarity"] >= cfg.classify.threshold else -1)
-    _, default_rows = steer.load(r, steer.Method(steer.DEFAULT), "xstest_safe", prompts)
+    sims = scans_method.similarities(classify.similarities(r, "xstest_safe", prompts))
+    for row, s in zip(rows, sims):
+        assert row["sign"] == (1 if s >= cfg.classify.threshold else -1)
+        assert row["coefficient"] == pytest.approx(row["sign"] * cfg.steer.alpha)
+    _, default_rows = steer.load(r, Default(), "xstest_safe", prompts)
     assert all(row["sign"] is None for row in default_rows)
 
 
@@ -149,7 +150,7 @@ def test_new_alpha_reuses_vectors_and_similarities(finished, monkeypatch, tmp_pa
     r = Run(swept)
     assert r.extract_key == Run(cfg).extract_key
     name, prompts = next(iter(r.eval_sets.items()))
-    new, old = steer.methods(r), steer.methods(Run(cfg))
+    new, old = methods.rows(r), methods.rows(Run(cfg))
     assert steer.key(r, new[1], name, prompts) != steer.key(Run(cfg), old[1], name, prompts)
     assert steer.key(r, new[0], name, prompts) == steer.key(Run(cfg), old[0], name, prompts)
     monkeypatch.setattr(extract, "harm_reference", lambda *a, **k: pytest.fail("vectors re-extracted"))
@@ -187,6 +188,28 @@ def test_interrupted_write_leaves_nothing(tmp_path):
     assert list((tmp_path / "m" / "stage").iterdir()) == []
 
 
+def test_cached_artifact_is_built_once_and_never_half_written(tmp_path):
+    store = ArtifactStore(tmp_path)
+    calls = []
+
+    def build(tmp):
+        calls.append(tmp)
+        (tmp / "weights.bin").write_bytes(b"x")
+        return {"loss": 0.5}
+
+    assert store.cached("m", "prepare", "k", build) == {"loss": 0.5}
+    assert store.cached("m", "prepare", "k", build) == {"loss": 0.5} and len(calls) == 1
+    assert (store.path("m", "prepare", "k") / "weights.bin").is_file()
+
+    def failing(tmp):
+        (tmp / "half.bin").write_bytes(b"x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.cached("m", "prepare", "other", failing)
+    assert not store.is_complete("m", "prepare", "other") and not store.path("m", "prepare", "other").exists()
+
+
 def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, monkeypatch):
     cfg, tmp = finished
     tuned_cfg = make_cfg(
@@ -202,9 +225,9 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
     seen = []
     original = steer.respond
 
-    def spy(run, method, name, prompts, layer_sims=None):
+    def spy(run, method, name, prompts, coefficients=None, max_new_tokens=None):
         seen.append(name)
-        return original(run, method, name, prompts, layer_sims)
+        return original(run, method, name, prompts, coefficients, max_new_tokens)
 
     monkeypatch.setattr(steer, "respond", spy)
     run_stage("tune", r)
@@ -268,7 +291,8 @@ def test_sweep_multirun_reuses_vectors_and_similarities(swept):
 def test_columns_whose_signs_agree_share_one_generation(swept, tiny_model_dir, monkeypatch):
     cfg, tmp, _ = swept
     r = Run(cfg)
-    sims = torch.cat([steer.similarities_and_signs(r, steer.headline(r), n, r.eval_sets[n])[0] for n in TABLE7_SETS])
+    head = methods.headline(r)
+    sims = torch.cat([head.similarities(classify.similarities(r, n, r.eval_sets[n])) for n in TABLE7_SETS])
     values = sorted(set(sims.tolist()))
     lo, hi = values[len(values) // 2 - 1], values[len(values) // 2]  # no prompt's s_q lies between them
     first, second = (sweep_cfg(tiny_model_dir, tmp, "sweep.vary=threshold", f"classify.threshold={lo + f * (hi - lo)}")
@@ -301,7 +325,7 @@ def test_report_builds_tables_5_to_7_from_sweep_artifacts_alone(swept, tiny_mode
         assert f"𝒯={t:g}" in text.split("Not generated yet:")[1].splitlines()[0]
     assert "(reference §3.11)" in text and "XSTest (harmful = positive)" in text
     assert "α=2" in (out / "table6.md").read_text() and "## Table 6" in (out / "index.md").read_text()
-    headline = steer.headline(Run(cfg))
+    headline = methods.headline(Run(cfg))
     table2 = pd.read_csv(out / "table2.csv").set_index("method").loc[headline.name]
     row6 = t6.set_index("alpha").loc[cfg.steer.alpha]
     assert row6["xstest_safe"] == pytest.approx(table2["xstest_safe"])  # the same responses as Table 2's row
@@ -314,3 +338,52 @@ def test_segment_names_resolve_to_thirds_without_a_model(monkeypatch):
     r = Run(cfg)
     assert r.layers_of("former") == list(range(10)) and r.layers_of("middle") == list(range(10, 20))
     assert r.steer_layers == list(range(20, 30))
+
+
+# A method defined here, in one class: generation, judging and the report take it like any row.
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy(Method):
+    """Always answers in the refusal's words: every prompt gets "I'm sorry" inserted before it and forced first."""
+
+    prefix: str = "I'm sorry"
+
+    def intervention(self, run):
+        return ForceFirst(tuple(tokenize(run.lm.tokenizer, self.prefix)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ForceFirst(Intervention):
+    force: tuple = ()
+
+    def processor(self, model, attention_mask, rows):
+        from transformers import LogitsProcessor
+
+        width, force = attention_mask.shape[1], self.force
+
+        class Force(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                step = input_ids.shape[1] - width
+                if step < len(force):
+                    scores = torch.full_like(scores, float("-inf"))
+                    scores[:, force[step]] = 0.0
+                return scores
+
+        return Force()
+
+
+def test_a_method_defined_in_a_test_runs_through_generation_judging_and_the_report(finished):
+    cfg, tmp = finished
+    toy_cfg = cfg.copy()
+    with open_dict(toy_cfg):
+        toy_cfg.method = {"_target_": f"{__name__}.Toy", "name": "Toy"}
+    r = Run(toy_cfg)
+    run_stage("steer", r)
+    run_stage("judge", r)
+    run_stage("report", r)
+    df = pd.read_csv(tmp / "report" / "table2.csv")
+    row = df.set_index("method").loc["Toy"]
+    assert row["xstest_safe"] == 100.0 and row["advbench"] == 100.0  # every response starts "I'm sorry"
+    _, rows = steer.load(r, methods.rows(r)[0], "xstest_safe", r.eval_sets["xstest_safe"])
+    assert all(x["response"].startswith("I'm sorry") for x in rows)

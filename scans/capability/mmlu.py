@@ -6,9 +6,10 @@ one by one while the prompt exceeds `max_length` tokens. The prediction is the m
 " D" as the continuation.
 
 Scoring goes through lm-eval's Hugging Face model class (its request sorting, batching and one-token logits
-cache). `ScansLM` subclasses it so that every row of every batch gets its own steering coefficient (sign·α from
-its question's σ(q)) and its own start position (the last "\nAnswer:" of the prompt), looked up from the row's
-*tokens*: lm-eval reorders requests and merges those that share a context, so batch rows are not documents.
+cache). `ScansLM` subclasses it so that every forward pass goes through a method's intervention, each row with
+its own coefficient (for SCANS sign·α from its question's σ(q)), its own steering start (the last "\nAnswer:" of
+the prompt) and its query start (after BOS, where a method's insertion goes), looked up from the row's *tokens*:
+lm-eval reorders requests and merges those that share a context, so batch rows are not documents.
 `direct_predictions` is the independent cross-check: one plain forward pass per question, argmax over the four
 letters' logits at the last position.
 """
@@ -25,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scans.errors import DataError, ModelError
-from scans.steering.hook import steering
+from scans.methods.base import Intervention, Row, teacher_forced_logits
 
 log = logging.getLogger(__name__)
 LETTERS = "ABCD"
@@ -112,8 +113,9 @@ def questions(
     return out
 
 
-def answer_start(tokenizer, context_ids: Sequence[int], context: str) -> int:
-    """Token index where the last "\\nAnswer:" of `context` begins (the authors' steering start for MMLU).
+def answer_start(tokenizer, context_ids: Sequence[int], context: str) -> tuple[int, int]:
+    """Token index where the last "\\nAnswer:" of `context` begins (the authors' steering start for MMLU), and the
+    number of special tokens (BOS) before the text.
 
     Found through the text, not by searching for the marker's tokens (those can differ mid-text: reference §5.3).
     """
@@ -122,7 +124,7 @@ def answer_start(tokenizer, context_ids: Sequence[int], context: str) -> int:
     offset = len(context_ids) - len(tokenizer(context, add_special_tokens=False)["input_ids"])  # BOS, if any
     if list(context_ids[offset : offset + len(head)]) != head:
         raise ModelError("the tokens before the last '\\nAnswer:' are not a prefix of the prompt's tokens")
-    return offset + len(head)
+    return offset + len(head), offset
 
 
 def row_key(tokens: Sequence[int]) -> tuple[int, int]:
@@ -140,15 +142,15 @@ def make_scans_lm(model, tokenizer, batch_size: int, max_length: int):
             super().__init__(
                 pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=None
             )
-            self.vectors: torch.Tensor | None = None
-            self.layers: Sequence[int] = ()
-            self.plan: dict[tuple[int, int], tuple[float, int]] = {}
+            self.intervention: Intervention | None = None
+            self.plan: dict[tuple[int, int], tuple[float, int, int]] = {}
 
-        def set_plan(self, vectors, layers, rows: dict[tuple[int, int], tuple[float, int]]) -> None:
-            """Steer the row whose input tokens have `row_key` k with coefficient c from position s on: {k: (c, s)}."""
-            self.vectors, self.layers, self.plan = vectors, layers, rows
+        def set_plan(self, intervention: Intervention | None, rows: dict[tuple[int, int], tuple[float, int, int]]):
+            """Score through `intervention`; the row whose input tokens have `row_key` k gets coefficient c, steering
+            start s and query start q: {k: (c, s, q)}."""
+            self.intervention, self.plan = intervention, rows
 
-        def _row_plan(self, row: torch.Tensor) -> tuple[float, int]:
+        def _row_plan(self, row: torch.Tensor) -> tuple[float, int, int]:
             tokens = row.tolist()
             n = len(tokens)
             while n > 0 and tokens[n - 1] == 0:  # lm-eval right-pads with 0
@@ -160,47 +162,46 @@ def make_scans_lm(model, tokenizer, batch_size: int, max_length: int):
             raise ModelError("a batch row matches no planned request (lm-eval's auto batch size is not supported)")
 
         def _model_call(self, inps, attn_mask=None, labels=None):
-            if self.vectors is None:
+            if self.intervention is None:
                 return super()._model_call(inps, attn_mask, labels)
-            plans = [self._row_plan(row) for row in inps]
-            coefs = torch.tensor([c for c, _ in plans], dtype=torch.float32)
-            starts = torch.tensor([s for _, s in plans], dtype=torch.long)
-            with steering(self.model, self.vectors, self.layers, coefs, starts):
-                return super()._model_call(inps, attn_mask, labels)
+            rows = [Row(s, inps.shape[1], q, c) for c, s, q in (self._row_plan(row) for row in inps)]
+            return teacher_forced_logits(self.intervention, self.model, inps, torch.ones_like(inps), rows)
 
     return ScansLM()
 
 
 def lm_eval_scores(
-    lm, items: Sequence[Question], coefs: Sequence[float] | None = None, vectors=None, layers=()
+    lm, items: Sequence[Question], intervention: Intervention | None = None, coefs: Sequence[float] | None = None
 ) -> list[list[float]]:
-    """Log-likelihoods of " A".." D" per question through lm-eval; with `coefs`, question i is steered by
-    coefs[i]·v from its last "\nAnswer:" on."""
+    """Log-likelihoods of " A".." D" per question through lm-eval; with an intervention, question i gets coefficient
+    coefs[i] (default 0) and is steered from its last "\nAnswer:" on."""
     from lm_eval.api.instance import Instance
 
     requests, plan = [], {}
     for qi, q in enumerate(items):
         for letter in LETTERS:
             requests.append(Instance("loglikelihood", {}, (q.prompt, f" {letter}"), idx=len(requests)))
-        if coefs is not None:
+        if intervention is not None:
             ctx, cont = lm._encode_pair(q.prompt, " A")
             fed = (ctx + cont)[-(lm.max_length + 1) :][:-1]  # what lm-eval feeds the model for this request
             dropped = len(ctx) + len(cont) - 1 - len(fed)  # lm-eval truncates an over-long row from the left
-            plan[row_key(fed)] = (float(coefs[qi]), max(0, answer_start(lm.tokenizer, ctx, q.prompt) - dropped))
-    if coefs is not None:
-        lm.set_plan(vectors, layers, plan)
+            start, bos = answer_start(lm.tokenizer, ctx, q.prompt)
+            coef = 0.0 if coefs is None else float(coefs[qi])
+            plan[row_key(fed)] = (coef, max(0, start - dropped), max(0, bos - dropped))
+    if intervention is not None:
+        lm.set_plan(intervention, plan)
     try:
         scores = lm.loglikelihood(requests, disable_tqdm=False)
     finally:
-        lm.set_plan(None, (), {})
+        lm.set_plan(None, {})
     return [[scores[4 * qi + j][0] for j in range(4)] for qi in range(len(items))]
 
 
 def lm_eval_predictions(
-    lm, items: Sequence[Question], coefs: Sequence[float] | None = None, vectors=None, layers=()
+    lm, items: Sequence[Question], intervention: Intervention | None = None, coefs: Sequence[float] | None = None
 ) -> list[str]:
     """The most likely letter per question (see `lm_eval_scores`)."""
-    scores = lm_eval_scores(lm, items, coefs, vectors, layers)
+    scores = lm_eval_scores(lm, items, intervention, coefs)
     return [LETTERS[max(range(4), key=row.__getitem__)] for row in scores]
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -24,8 +23,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from scans.errors import DataError, ModelError
+from scans.methods.base import Intervention, Row, teacher_forced_logits
 from scans.models.chat import ChatFormat, tokenize
-from scans.steering.hook import steering
 
 SENTINEL = "\u0000QUERY\u0000"
 
@@ -35,6 +34,7 @@ class Window:
     input_ids: list[int]
     eoi_index: int  # last token of the wrapped instruction; steering starts here
     query: str  # the first half's text, what σ(q) classifies
+    query_start: int = 0  # first token of the first half, where a method's insertion goes
 
 
 def wrapper(chat: ChatFormat) -> tuple[list[int], list[int]]:
@@ -50,7 +50,7 @@ def _wrap(chat: ChatFormat, tokens: Sequence[int], pre: list[int], post: list[in
     half = len(tokens) // 2
     first, second = list(tokens[:half]), list(tokens[half:])
     ids = pre + first + post + second
-    return Window(ids, len(pre) + len(first) + len(post) - 1, chat.tokenizer.decode(first))
+    return Window(ids, len(pre) + len(first) + len(post) - 1, chat.tokenizer.decode(first), len(pre))
 
 
 def _layout(chat: ChatFormat, length: int) -> tuple[list[int], list[int], int]:
@@ -96,13 +96,14 @@ def c4_windows(chat: ChatFormat, documents: Sequence[str], length: int, count: i
 def window_nlls(
     model,
     windows: Sequence[Window],
-    vectors: torch.Tensor | None = None,
-    layers: Sequence[int] = (),
+    intervention: Intervention | None = None,
     coefficients: torch.Tensor | None = None,
     batch_size: int = 1,
     desc: str | None = None,
 ) -> list[float]:
-    """Mean next-token NLL of every window (all tokens, wrapper included), optionally steered per window."""
+    """Mean next-token NLL of every window (all tokens, wrapper included) under a method's intervention, with one
+    coefficient per window. An inserted text is context only: the loss is over the window's own tokens."""
+    iv = intervention or Intervention()
     device = next(model.parameters()).device
     out: list[float] = []
     for start in tqdm(range(0, len(windows), batch_size), desc=desc, disable=desc is None, leave=False):
@@ -110,12 +111,9 @@ def window_nlls(
         if len({len(w.input_ids) for w in batch}) != 1:
             raise ModelError("windows of one batch must have the same length")
         ids = torch.tensor([w.input_ids for w in batch], device=device)
-        context = nullcontext()
-        if vectors is not None:
-            starts = torch.tensor([w.eoi_index for w in batch])
-            context = steering(model, vectors, layers, coefficients[start : start + len(batch)], starts)
-        with context:
-            logits = model(ids).logits.float()
+        coefs = [0.0 if coefficients is None else float(coefficients[start + i]) for i in range(len(batch))]
+        rows = [Row(w.eoi_index, len(w.input_ids), w.query_start, c) for w, c in zip(batch, coefs)]
+        logits = teacher_forced_logits(iv, model, ids, torch.ones_like(ids), rows).float()
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").mean(-1)
         out.extend(nll.tolist())
     return out

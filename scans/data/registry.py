@@ -542,7 +542,49 @@ _SPECS = (
     ),
 )
 
-REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
+# Training data of the baselines (Table 2): never evaluated on, checked against every reported set before use.
+_SAFEDECODING = f"{_GH}/uw-nsl/SafeDecoding/5b77507dea95031b6a067e6d5a136831103ae193"
+_LLM_SAFEGUARD = f"{_GH}/chujiezheng/LLM-Safeguard/410bfb5c5ae9c17cd73da74a6e648958fd3181cb/code"
+_BASELINE_SPECS = (
+    DatasetSpec(
+        name="safedecoding_seed",
+        local=("baselines/safedecoding/seed_reject.json",),
+        urls=(f"{_SAFEDECODING}/datasets/seed_reject.json",),
+        format="json",
+        read_options=(("records", "prompts"),),
+        columns=("id", "prompt", "category"),
+        text_column="prompt",
+        label=HARMFUL,
+        description=(
+            "SafeDecoding's seed harmful queries (36): uw-nsl/SafeDecoding@5b77507d datasets/seed_reject.json"
+        ),
+    ),
+    DatasetSpec(
+        name="dro_harmful",
+        local=("baselines/dro/custom_harmful.txt",),
+        urls=(f"{_LLM_SAFEGUARD}/data/custom.txt",),
+        format="text",
+        columns=("text",),
+        text_column="text",
+        label=HARMFUL,
+        description="DRO's synthetic harmful queries (100): chujiezheng/LLM-Safeguard@410bfb5c code/data/custom.txt",
+    ),
+    DatasetSpec(
+        name="dro_harmless",
+        local=("baselines/dro/custom_harmless.txt",),
+        urls=(f"{_LLM_SAFEGUARD}/data_harmless/custom.txt",),
+        format="text",
+        columns=("text",),
+        text_column="text",
+        label=BENIGN,
+        description=(
+            "DRO's harmless look-alikes, paired line by line with dro_harmful (100): "
+            "chujiezheng/LLM-Safeguard@410bfb5c code/data_harmless/custom.txt"
+        ),
+    ),
+)
+
+REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (*_SPECS, *_BASELINE_SPECS)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -691,6 +733,8 @@ def _read_file(spec: DatasetSpec, path: Path, origin: str) -> pd.DataFrame:
         data = json.loads(path.read_text(encoding="utf-8"))
         if spec.format == "json_nested":
             return _flatten_nested(data, tuple(options["levels"]), options["leaf"], origin)
+        if isinstance(data, dict) and "records" in options:
+            data = data.get(options["records"])  # the list of records under one key ({"prompts": [...]})
         if isinstance(data, list) and all(isinstance(item, str) for item in data):
             return pd.DataFrame({"text": data})  # a JSON list of prompts
         if isinstance(data, list) and all(isinstance(item, dict) for item in data):

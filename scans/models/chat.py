@@ -97,6 +97,7 @@ class Encoded:
 
     input_ids: list[int]
     eoi_index: int
+    query_start: int | None = None  # index of the query's first token, where insertion methods add their text
 
     @property
     def prompt_length(self) -> int:
@@ -108,13 +109,27 @@ def tokenize(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def query_start(chat: ChatFormat, query: str, prompt_ids: list[int]) -> int | None:
+    """Index of the query's first token in `prompt_ids`: the tokens of the text before the query (with or without
+    its trailing spaces, which SentencePiece folds into the query's first piece) must be a prefix; else None."""
+    text = chat.prompt(query)
+    cut = text.rfind(query) if query else -1
+    if cut < 0:
+        return None
+    for head in (text[:cut], text[:cut].rstrip(" ")):
+        ids = tokenize(chat.tokenizer, head)
+        if prompt_ids[: len(ids)] == ids:
+            return len(ids)
+    return None
+
+
 def encode(chat: ChatFormat, query: str, response: str | None = None) -> Encoded:
     """Tokenize a query (optionally followed by a response) and locate its end of instruction."""
     prompt_ids = tokenize(chat.tokenizer, chat.prompt(query))
     if not prompt_ids:
         raise ModelError(f"empty prompt after formatting query {query[:60]!r}")
     if response is None:
-        return Encoded(prompt_ids, len(prompt_ids) - 1)
+        return Encoded(prompt_ids, len(prompt_ids) - 1, query_start(chat, query, prompt_ids))
     full_ids = tokenize(chat.tokenizer, chat.with_response(query, response))
     if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
         raise ModelError(

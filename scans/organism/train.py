@@ -62,14 +62,25 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
-def train(model, chat: ChatFormat, examples: Sequence[Example], cfg: TrainConfig, desc: str = "align") -> list[float]:
-    """Fine-tune `model` in place; returns the loss of every step. Shuffling and initial state are seeded."""
+def train(
+    model,
+    chat: ChatFormat,
+    examples: Sequence[Example],
+    cfg: TrainConfig,
+    desc: str = "align",
+    trainable: Sequence[torch.nn.Parameter] | None = None,
+) -> list[float]:
+    """Fine-tune `model` in place (only `trainable`, e.g. LoRA weights, when given); returns the loss of every step.
+    Shuffling and initial state are seeded."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     device = next(model.parameters()).device
     rows = [tokenize_example(chat, e, cfg.max_answer_tokens) for e in examples]
-    model.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    params = list(model.parameters()) if trainable is None else list(trainable)
+    model.train().requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     # Batches of similar length (little padding), visited in a seeded random order.
     order = []
     for _ in range(cfg.epochs):

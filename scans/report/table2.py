@@ -13,11 +13,16 @@ COLUMNS = [
 # Which subsets hold benign prompts (refusal is wrong) and which hold harmful ones (refusal is right).
 SAFE = ("xstest_safe", "repe_safe", "oktest", "truthfulqa")
 UNSAFE = ("xstest_unsafe", "repe_unsafe", "advbench", "malicious")
-# Llama-2-7b-chat in the paper (reference §3.5), for comparison only.
+# Llama-2-7b-chat in the paper (reference §3.5), for comparison only; Self-CD was reproduced by the SCANS authors.
 PAPER_LLAMA2_7B = [
     ["Llama2-7b-chat (paper)", "Default", 58.00, 100.0, 67.77, 12.50, 100.0, 93.75, 53.67, 5.05, 100.0, 100.0, 86.13],
+    ["Llama2-7b-chat (paper)", "Prompt", 36.40, 100.0, 79.77, 2.86, 99.48, 98.31, 41.66, 15.27, 99.34, 100.0, 87.72],
+    ["Llama2-7b-chat (paper)", "Self-CD*", 14.80, 97.50, 90.66, 1.30, 98.17, 98.43, 17.33, 4.51, 98.24, 98.00, 94.69],
+    ["Llama2-7b-chat (paper)", "SafeDecoding", 75.60, 99.50, 57.77, 63.80, 100.0, 68.10, 59.33, 54.44, 100.0, 100.0,
+     63.81],
+    ["Llama2-7b-chat (paper)", "DRO", 41.52, 98.40, 76.22, 7.03, 99.48, 96.22, 32.33, 16.20, 99.56, 99.60, 87.36],
     ["Llama2-7b-chat (paper)", "SCANS", 9.20, 93.50, 92.00, 0.00, 99.22, 99.61, 0.33, 0.80, 99.34, 100.0, 98.26],
-]
+]  # fmt: skip
 
 
 def correct_rate(counts: Mapping[str, tuple[int, int]], subsets) -> float:

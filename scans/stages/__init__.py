@@ -14,6 +14,7 @@ from scans.stages import (
     extract,
     judge,
     judge_agreement,
+    prepare,
     report,
     steer,
     sweep,
@@ -27,6 +28,7 @@ STAGES: dict[str, Callable[[Run], object]] = {
     "anchor": anchor.run,
     "classify": classify.run,
     "tune": tune.run,
+    "prepare": prepare.run,
     "analyze": analyze.run,
     "steer": steer.run,
     "judge": judge.run,
@@ -37,7 +39,8 @@ STAGES: dict[str, Callable[[Run], object]] = {
     "sweep": sweep.run,
 }
 PIPELINE = (
-    "align", "extract", "anchor", "classify", "tune", "analyze", "steer", "judge", "capability", "cost", "report",
+    "align", "extract", "anchor", "classify", "tune", "prepare", "analyze", "steer", "judge", "capability", "cost",
+    "report",
 )  # fmt: skip
 
 

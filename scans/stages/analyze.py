@@ -16,12 +16,13 @@ import logging
 import numpy as np
 import torch
 
+from scans import methods
 from scans.analysis import classifiers
 from scans.analysis.classifiers import TABLE7_SETS
 from scans.artifacts import read_json, stable_hash, write_json
 from scans.data import HARMFUL, evaluation_sets
 from scans.models import encode
-from scans.stages import classify, extract, steer, tune
+from scans.stages import classify, extract, tune
 from scans.stages.context import Run, prompts_hash
 from scans.steering import harm_similarity, hidden_states, layer_similarities, transition
 from scans.steering.classifier import prompt_and_response_states
@@ -46,7 +47,7 @@ def key(r: Run) -> str:
     return stable_hash(
         {
             "extract": r.extract_key,
-            "method": steer.method_settings(r, steer.headline(r)),
+            "method": methods.method_key(r, methods.headline(r)),
             "sets": {n: prompts_hash(p) for n, p in {**xstest(r), **validation(r)}.items()},
             "probe_folds": r.cfg.analysis.probe_folds,
             "response": r.cfg.classify.response,
@@ -65,7 +66,7 @@ def last_token_states(r: Run, prompts) -> torch.Tensor:
     return states[:, 0]
 
 
-def figure4(r: Run, method: steer.Method) -> dict:
+def figure4(r: Run, method) -> dict:
     xs, val = xstest(r), validation(r)
     prompts = [p for ps in xs.values() for p in ps]
     harmful = [p.label == HARMFUL for p in prompts]
@@ -104,7 +105,7 @@ def figure4(r: Run, method: steer.Method) -> dict:
 
 
 def table7_classification(r: Run) -> list[dict]:
-    head = steer.headline(r)
+    head = methods.headline(r)
     sims = {n: harm_similarity(classify.similarities(r, n, r.eval_sets[n]), head.classify_layers) for n in TABLE7_SETS}
     fine = {float(t) for t in np.round(np.arange(0.50, 1.0001, 0.01), 2)}
     grid = sorted(fine | {float(t) for t in r.cfg.analysis.paper_thresholds} | {float(head.threshold)})
@@ -124,7 +125,7 @@ def figures(r: Run) -> dict:
     k = key(r)
     if r.store.is_complete(r.model_name, STAGE, k):
         return read_json(r.store.path(r.model_name, STAGE, k) / RESULT)
-    result = figure4(r, steer.headline(r))
+    result = figure4(r, methods.headline(r))
     with r.store.writing(r.model_name, STAGE, k, {"extract": r.extract_key}) as tmp:
         write_json(tmp / RESULT, result)
     log.info("analyze: %s", {c["classifier"]: round(c["f1"], 3) for c in result["classifiers"]})
@@ -135,7 +136,7 @@ def run(r: Run) -> dict:
     result = {
         **figures(r),
         "table7_classification": table7_classification(r),
-        "table7_layers": list(steer.headline(r).classify_layers),
+        "table7_layers": list(methods.headline(r).classify_layers),
         "default_threshold_source": (
             f"tune stage: validation split {', '.join(r.cfg.tune.validation_sets)}" if r.cfg.steer.tuned
             else "model.hparams.threshold (the paper's value)"

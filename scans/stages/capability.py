@@ -1,24 +1,26 @@
-"""Stage `capability`: Table 3's inputs, MMLU, XSum and perplexity, for Default and the headline SCANS row.
+"""Stage `capability`: Table 3's inputs, MMLU, XSum and perplexity, for Default and the headline SCANS row, or for
+every row of Table 2 with `capability.all_methods=true` (`make reproduce-all`).
 
-Every part is an artifact keyed by the model, the method (for SCANS: its hyperparameters and anchors) and the
-part's own config, so a rerun or a sweep over another stage's settings recomputes nothing here. σ(q) of each
-part's queries is cached by the `classify` stage's artifact store like any evaluation set.
+Every part is an artifact keyed by the model, the method (its settings and upstream artifacts) and the part's own
+config, so a rerun or a sweep over another stage's settings recomputes nothing here. σ(q) of each part's queries is
+cached by the `classify` stage's artifact store like any evaluation set.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import replace
 
 from omegaconf import OmegaConf
 
+from scans import methods as methods_lib
 from scans.artifacts import read_json, stable_hash, write_json, write_jsonl
 from scans.capability import mmlu as mmlu_lib
 from scans.capability import perplexity as ppl_lib
 from scans.capability import xsum as xsum_lib
 from scans.data import BENIGN, Prompt, data_fingerprint, load_table
-from scans.stages import extract, steer
+from scans.methods import Default, Method
+from scans.stages import steer
 from scans.stages.context import Run
 
 log = logging.getLogger(__name__)
@@ -27,10 +29,10 @@ SCORES = "scores.json"
 CORPORA = ("wikitext2", "c4")
 
 
-def _key(r: Run, part: str, method: steer.Method, extra: dict | None = None) -> str:
+def _key(r: Run, part: str, method: Method, extra: dict | None = None) -> str:
     c = OmegaConf.to_container(r.cfg.capability[part], resolve=True)
-    digest = stable_hash({"method": steer.method_settings(r, method), "config": c, **(extra or {})})
-    return f"{part}-{method.slug}-{digest}"
+    digest = stable_hash({"method": methods_lib.method_key(r, method), "config": c, **(extra or {})})
+    return f"{part}-{type(method).__name__.lower()}-{digest}"
 
 
 def _cached(r: Run, k: str) -> dict | None:
@@ -39,7 +41,7 @@ def _cached(r: Run, k: str) -> dict | None:
     return None
 
 
-def _save(r: Run, k: str, method: steer.Method, scores: dict, rows: list[dict]) -> dict:
+def _save(r: Run, k: str, method: Method, scores: dict, rows: list[dict]) -> dict:
     with r.store.writing(r.model_name, STAGE, k, {"method": method.name, "scores": scores}) as tmp:
         write_json(tmp / SCORES, scores)
         write_jsonl(tmp / "rows.jsonl", rows)
@@ -47,9 +49,8 @@ def _save(r: Run, k: str, method: steer.Method, scores: dict, rows: list[dict]) 
     return scores
 
 
-def _coefficients(r: Run, method: steer.Method, name: str, queries: list[str]):
-    prompts = [Prompt(q, BENIGN, name) for q in queries]
-    return steer.signs(r, method, name, prompts) * method.alpha
+def _coefficients(r: Run, method: Method, name: str, queries: list[str]):
+    return method.coefficients(r, [Prompt(q, BENIGN, name) for q in queries], name)
 
 
 def mmlu_items(r: Run) -> list[mmlu_lib.Question]:
@@ -57,22 +58,18 @@ def mmlu_items(r: Run) -> list[mmlu_lib.Question]:
     return mmlu_lib.questions(load_table("mmlu"), r.lm.tokenizer, c.shots, c.per_subject, c.seed, c.max_length)
 
 
-def mmlu(r: Run, method: steer.Method) -> dict:
+def mmlu(r: Run, method: Method) -> dict:
     k = _key(r, "mmlu", method, {"data": data_fingerprint("mmlu")})
     if (hit := _cached(r, k)) is not None:
         return hit
     c = r.cfg.capability.mmlu
     items = mmlu_items(r)
     lm = mmlu_lib.make_scans_lm(r.lm.model, r.lm.tokenizer, c.batch_size, c.max_length)
-    if method.steered:
-        coefs = _coefficients(r, method, "mmlu", [q.prompt for q in items])
-        preds = mmlu_lib.lm_eval_predictions(
-            lm, items, coefs.tolist(), extract.load(r)["refusal_vectors"], method.steer_layers
-        )
-    else:
-        preds = mmlu_lib.lm_eval_predictions(lm, items)
+    coefs = _coefficients(r, method, "mmlu", [q.prompt for q in items])
+    iv = methods_lib.intervention(r, method)
+    preds = mmlu_lib.lm_eval_predictions(lm, items, iv, None if coefs is None else coefs.tolist())
     scores = {**mmlu_lib.accuracy_table(items, preds), "n": len(items)}
-    if not method.steered and c.crosscheck:
+    if isinstance(method, Default) and c.crosscheck:
         picked = sorted(random.Random(c.seed).sample(range(len(items)), min(c.crosscheck, len(items))))
         direct = mmlu_lib.direct_predictions(lm, [items[i] for i in picked])
         agree = sum(d == preds[i] for d, i in zip(direct, picked))
@@ -86,14 +83,14 @@ def mmlu(r: Run, method: steer.Method) -> dict:
     return _save(r, k, method, scores, rows)
 
 
-def xsum(r: Run, method: steer.Method) -> dict:
+def xsum(r: Run, method: Method) -> dict:
     c = r.cfg.capability.xsum
     docs = xsum_lib.sample_documents(load_table("xsum"), c.documents, c.seed)
     prompts = [Prompt(xsum_lib.prompt(d), BENIGN, "xsum") for d in docs["document"]]
     k = _key(r, "xsum", method, {"prompts": stable_hash([p.text for p in prompts])})
     if (hit := _cached(r, k)) is not None:
         return hit
-    rows = steer.respond(r, replace(method, max_new_tokens=c.max_new_tokens), "xsum", prompts)
+    rows = steer.respond(r, method, "xsum", prompts, max_new_tokens=c.max_new_tokens)
     predictions = [row["response"] for row in rows]
     scores = {**xsum_lib.rouge(predictions, list(docs["summary"])), "n": len(prompts)}
     out = [{"id": str(i), "summary": s, "prediction": p} for i, s, p in zip(docs["id"], docs["summary"], predictions)]
@@ -108,37 +105,30 @@ def windows(r: Run, corpus: str) -> list[ppl_lib.Window]:
     return ppl_lib.c4_windows(r.lm.chat, list(table["text"]), c.window, c.windows or 256, c.c4_seed)
 
 
-def _perplexity_key(r: Run, method: steer.Method, corpus: str) -> str:
+def _perplexity_key(r: Run, method: Method, corpus: str) -> str:
     return _key(r, "perplexity", method, {"corpus": corpus, "data": data_fingerprint(corpus)})
 
 
-def cached_perplexity(r: Run, method: steer.Method, corpus: str) -> dict | None:
+def cached_perplexity(r: Run, method: Method, corpus: str) -> dict | None:
     """The perplexity artifact of a method if it exists; never loads the model."""
     return _cached(r, _perplexity_key(r, method, corpus))
 
 
-def perplexity(r: Run, method: steer.Method, corpus: str) -> dict:
+def perplexity(r: Run, method: Method, corpus: str) -> dict:
     k = _perplexity_key(r, method, corpus)
     if (hit := _cached(r, k)) is not None:
         return hit
     c = r.cfg.capability.perplexity
     ws = windows(r, corpus)
-    kwargs: dict = {}
-    if method.steered:
-        kwargs = {
-            "vectors": extract.load(r)["refusal_vectors"],
-            "layers": method.steer_layers,
-            "coefficients": _coefficients(r, method, f"ppl-{corpus}-{c.window}", [w.query for w in ws]),
-        }
+    coefs = _coefficients(r, method, f"ppl-{corpus}-{c.window}", [w.query for w in ws])
     nlls = ppl_lib.window_nlls(
-        r.lm.model, ws, batch_size=c.batch_size, desc=f"{method.name} perplexity {corpus}", **kwargs
+        r.lm.model, ws, methods_lib.intervention(r, method), coefs, c.batch_size, f"{method.name} perplexity {corpus}"
     )
-    coefs = kwargs.get("coefficients")
     rows = [{"nll": n, "coefficient": None if coefs is None else float(coefs[i])} for i, n in enumerate(nlls)]
     return _save(r, k, method, {"ppl": ppl_lib.perplexity(nlls), "n": len(ws), "window": c.window}, rows)
 
 
-def table3_row(r: Run, method: steer.Method) -> dict:
+def table3_row(r: Run, method: Method) -> dict:
     row: dict = {"model": r.model_name, "method": method.name}
     for corpus in CORPORA:
         row[f"{corpus}_ppl"] = perplexity(r, method, corpus)["ppl"]
@@ -147,8 +137,11 @@ def table3_row(r: Run, method: steer.Method) -> dict:
     return row
 
 
-def methods(r: Run) -> list[steer.Method]:
-    return [steer.Method(steer.DEFAULT), steer.headline(r)]
+def methods(r: Run) -> list[Method]:
+    """Default and the headline SCANS row; every row of Table 2 with capability.all_methods=true."""
+    if r.cfg.capability.get("all_methods"):
+        return methods_lib.with_default(methods_lib.rows(r))
+    return [Default(), methods_lib.headline(r)]
 
 
 def run(r: Run) -> list[dict]:

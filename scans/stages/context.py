@@ -26,6 +26,8 @@ class Run:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.store = ArtifactStore(cfg.paths.artifacts)
+        self.methods_cache: dict = {}  # resolved methods by config name (scans.methods.load)
+        self.interventions_cache: dict = {}  # interventions by method (scans.methods.intervention)
 
     @property
     def model_name(self) -> str:

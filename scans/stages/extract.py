@@ -62,4 +62,4 @@ def load(r: Run) -> dict[str, torch.Tensor]:
     v = t["mean_difference"]
     if r.cfg.steer.normalize:
         v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return {"refusal_vectors": v, "harm_direction": t["harm_direction"]}
+    return {"refusal_vectors": v, "harm_direction": t["harm_direction"], "mean_difference": t["mean_difference"]}

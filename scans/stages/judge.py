@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from scans import methods
 from scans.artifacts import read_json, write_json, write_jsonl
 from scans.judge import get_judge
+from scans.methods import Default, Method
 from scans.stages import steer
 from scans.stages.context import Run
 
@@ -18,7 +20,7 @@ def key(r: Run, responses_key: str) -> str:
     return f"{responses_key}-{r.cfg.judge.name}"
 
 
-def judge_set(r: Run, method: steer.Method, name: str, prompts) -> dict:
+def judge_set(r: Run, method: Method, name: str, prompts) -> dict:
     """The refusal summary of one method on one set (responses must exist), computed once."""
     responses_key, rows = steer.load(r, method, name, prompts)
     k = key(r, responses_key)
@@ -42,15 +44,15 @@ def judge_set(r: Run, method: steer.Method, name: str, prompts) -> dict:
 
 
 def run(r: Run) -> None:
-    for method in steer.methods(r):
+    for method in methods.rows(r):
         for name, prompts in r.eval_sets.items():
             judge_set(r, method, name, prompts)
     if (base := steer.base_run(r)) is not None:
         for name, prompts in base.eval_sets.items():
-            judge_set(base, steer.Method(steer.DEFAULT), name, prompts)
+            judge_set(base, Default(), name, prompts)
 
 
-def load(r: Run, method: steer.Method, name: str, prompts) -> dict:
+def load(r: Run, method: Method, name: str, prompts) -> dict:
     responses_key = steer.key(r, method, name, prompts)
     path = r.store.require(r.model_name, STAGE, key(r, responses_key), "python -m scans stage=judge")
     return read_json(path / SUMMARY)

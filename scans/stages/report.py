@@ -14,14 +14,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from scans import methods
 from scans.analysis.classifiers import TABLE7_SETS
 from scans.artifacts import write_text_atomic
 from scans.data import TABLE2_SETS
 from scans.errors import ArtifactError, ConfigError
+from scans.methods import Default, Method
 from scans.report import analysis as analysis_report
 from scans.report import sweeps as sweep_report
 from scans.report.analysis import span
 from scans.report.capability import table3, table3_markdown, table4, table4_markdown
+from scans.report.methods import methods_markdown, methods_table
 from scans.report.organism import organism_markdown, organism_table
 from scans.report.table2 import table2, table2_row, to_markdown
 from scans.report.tuning import tuning_markdown
@@ -41,7 +44,7 @@ from scans.stages.context import Run
 log = logging.getLogger(__name__)
 
 
-def counts(r: Run, method: steer.Method, sets) -> dict[str, tuple[int, int]]:
+def counts(r: Run, method: Method, sets) -> dict[str, tuple[int, int]]:
     out = {}
     for name in sets:
         s = judge.load(r, method, name, r.eval_sets[name])
@@ -54,15 +57,21 @@ def run(r: Run) -> Path:
     if missing:
         raise ConfigError(f"Table 2 needs data.eval_sets to include {', '.join(missing)}")
     out = Path(r.cfg.paths.report)
-    rows = [table2_row(r.model_name, m.name, counts(r, m, TABLE2_SETS)) for m in steer.methods(r)]
+    listed = methods.rows(r)
+    rows = [table2_row(r.model_name, m.name, counts(r, m, TABLE2_SETS)) for m in listed]
     df = _merged(out / "table2.csv", table2(rows))
     sizes = {name: len(r.eval_sets[name]) for name in TABLE2_SETS}
     write_table(out, "table2", df, "# Table 2: refusal rate (%)\n\n" + to_markdown(df, sizes))
     print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    prepared = [(m.name, type(m).__name__, m.prepare(r)) for m in listed]  # cached artifacts (stage=prepare)
+    o = r.cfg.overlap
+    write_text_atomic(
+        out / "methods.md", methods_markdown(methods_table(prepared), r.model_name, o.near_duplicate, list(o.sets))
+    )
     if r.cfg.steer.tuned:
         write_text_atomic(out / "tuning.md", tuning_markdown(tune.load(r), r.model_name))
     if (base := steer.base_run(r)) is not None:
-        default = steer.Method(steer.DEFAULT)
+        default = Default()
         table = organism_table(
             {base.model_name: counts(base, default, TABLE2_SETS), r.model_name: counts(r, default, TABLE2_SETS)}
         )
@@ -100,7 +109,7 @@ def analysis_outputs(r: Run, out: Path) -> None:
     sweep_tables(r, out, grid, result["default_threshold_source"])
 
 
-def _sweep_counts(r: Run, method: steer.Method) -> dict[str, tuple[int, int]] | None:
+def _sweep_counts(r: Run, method: Method) -> dict[str, tuple[int, int]] | None:
     """{set: (n, refusals)} of one sweep column, or None when the `sweep` stage has not made it."""
     try:
         return counts(r, method, TABLE7_SETS)
@@ -116,7 +125,7 @@ def _with(values, value: float) -> list[float]:
 
 def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -> None:
     """Tables 5, 6 and 7: the headline row with one hyperparameter varied (the columns that exist)."""
-    head = steer.headline(r)
+    head = methods.headline(r)
     n = {len(r.eval_sets[s]) for s in TABLE7_SETS}
     sizes = f"{n.pop()} prompts per set" if len(n) == 1 else "the sets of Table 2"
     headline = (
@@ -167,7 +176,7 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
     _write_sweep(out, "table5", df5, sweep_report.table5_markdown(df5, model, headline, sizes, missing5))
 
 
-def _segment_methods(r: Run, head: steer.Method) -> list[tuple[str, steer.Method]]:
+def _segment_methods(r: Run, head) -> list[tuple[str, Method]]:
     """Table 5's rows: each segment of `sweep.segments`, then the headline's own layers unless one of them."""
     out = []
     for name in r.cfg.sweep.segments:
@@ -191,7 +200,8 @@ INDEX_ORDER = (
     ("table1", "Table 1: layer anchoring"), ("table2", "Table 2: refusal rates"), ("table3", "Table 3: capability"),
     ("table4", "Table 4: cost"), ("table5", "Table 5: steering layers"), ("table6", "Table 6: multiplier α"),
     ("table7", "Table 7: threshold 𝒯"),
-    ("organism", "The model organism"), ("tuning", "The tuned row's validation record"),
+    ("methods", "The methods of Table 2"), ("organism", "The model organism"),
+    ("tuning", "The tuned row's validation record"),
 )  # fmt: skip
 FIGURES = (("figure4.png", "Figure 4"), ("figure5.png", "Figure 5"), ("refusal_score.png", "Refusal score per layer"))
 
@@ -229,16 +239,17 @@ def capability_tables(r: Run, out: Path) -> None:
     df = table3(rows)
     merged3 = _merged(out / "table3.csv", df)
     per_subject = "all" if c.mmlu.per_subject is None else f"{c.mmlu.per_subject} per subject"
-    default = capability.mmlu(r, steer.Method(steer.DEFAULT))
+    default = capability.mmlu(r, Default())
     sizes = {
         "MMLU": f"{default['n']} questions ({per_subject}, "
         f"seed {c.mmlu.seed}, {c.mmlu.shots}-shot)",
         "XSum": f"{c.xsum.documents} test documents (seed {c.xsum.seed}), {c.xsum.max_new_tokens} new tokens",
         "perplexity": f"{c.perplexity.windows or 'all'} windows of {c.perplexity.window} tokens per corpus "
         f"(C4 seed {c.perplexity.c4_seed})",
-        "SCANS row": rows[1]["method"],
+        "SCANS row": methods.headline(r).name,
     }
-    write_table(out, "table3", merged3, table3_markdown(df, sizes, default.get("crosscheck")), "%.3f")
+    md = table3_markdown(df, sizes, default.get("crosscheck"), methods.headline(r).name)
+    write_table(out, "table3", merged3, md, "%.3f")
     result = cost.run(r)
     merged4 = _merged(out / "table4.csv", table4(result["rows"]))
     write_table(out, "table4", merged4, table4_markdown(result, c.cost.max_new_tokens, c.cost.prompt_tokens))

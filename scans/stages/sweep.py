@@ -13,16 +13,18 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from scans import methods
 from scans.analysis.classifiers import TABLE7_SETS
+from scans.methods.scans import Scans
 from scans.stages import capability, judge, steer
 from scans.stages.context import Run
 
 log = logging.getLogger(__name__)
 
 
-def method(r: Run, vary: str, value) -> steer.Method:
+def method(r: Run, vary: str, value) -> Scans:
     """The headline row with `vary` set to `value`."""
-    base = steer.headline(r)
+    base = methods.headline(r)
     if vary == "alpha":
         return replace(base, name=f"{base.name}, α={float(value):g}", alpha=float(value))
     if vary == "threshold":
@@ -31,14 +33,14 @@ def method(r: Run, vary: str, value) -> steer.Method:
     return replace(base, name=f"{base.name}, layers {value}", steer_layers=layers)
 
 
-def configured(r: Run) -> steer.Method:
+def configured(r: Run) -> Scans:
     """This job's method: the varied hyperparameter from its config key."""
     vary = r.cfg.sweep.vary
     value = {"alpha": r.cfg.steer.alpha, "threshold": r.cfg.classify.threshold, "layers": r.cfg.steer.layers}[vary]
     return method(r, vary, value)
 
 
-def rates(r: Run, m: steer.Method) -> dict[str, dict]:
+def rates(r: Run, m: Scans) -> dict[str, dict]:
     """The judge's summary of `m` on each set of Tables 5-7 (generated and judged once)."""
     out = {}
     for name in TABLE7_SETS:

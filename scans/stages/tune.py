@@ -15,10 +15,13 @@ import torch
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
+from scans import methods
 from scans.artifacts import read_json, stable_hash, write_json
 from scans.config import parse_layers
 from scans.data import BENIGN, HARMFUL, evaluation_sets
 from scans.judge import get_judge
+from scans.methods import Default
+from scans.methods.scans import Scans
 from scans.stages import classify, steer
 from scans.stages.context import Run, prompts_hash
 from scans.steering import harm_similarity
@@ -48,6 +51,28 @@ def _subset(prompts, n: int, rng: random.Random):
     return prompts if len(prompts) <= n else [prompts[i] for i in sorted(rng.sample(range(len(prompts)), n))]
 
 
+def generation_subset(r: Run, items: list) -> dict[str, list[int]]:
+    """The seeded validation subset that settings are judged on by generating: indices into `items` per label."""
+    rng = random.Random(r.cfg.tune.seed)
+    rows = {lab: [i for i, p in enumerate(items) if p.label == lab] for lab in (HARMFUL, BENIGN)}
+    return {lab: _subset(idx, r.cfg.tune.prompts_per_label, rng) for lab, idx in rows.items()}
+
+
+def validation_behaviour(r: Run, method, coefficients=None) -> dict:
+    """Refusal rates of a method on the validation generation subset, per label, and their balanced accuracy.
+    `coefficients` (label -> per-prompt values) may be given when already at hand."""
+    items = [p for prompts in _validation(r).values() for p in prompts]
+    judge = get_judge(r.cfg.judge.name)
+    rates = {}
+    for lab, idx in generation_subset(r, items).items():
+        coefs = None if coefficients is None else coefficients[lab]
+        prompts = [items[i] for i in idx]
+        responses = steer.respond(r, method, f"validation-{lab}", prompts, coefs, r.cfg.tune.max_new_tokens)
+        rates[lab] = float(np.mean([judge(row["response"]) for row in responses]))
+    rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
+    return rates
+
+
 def run(r: Run) -> dict | None:
     if not r.cfg.steer.tuned:
         return None
@@ -62,30 +87,28 @@ def run(r: Run) -> dict | None:
     auroc = layer_auroc(layer_sims, harmful)
     cls_layers, cls_auroc = best_window(layer_sims, harmful, list(t.classify_window_sizes))
     threshold, cls_bacc = best_threshold(harm_similarity(layer_sims, cls_layers), harmful)
-    paper = steer.paper_method(r)
+    paper = methods.load(r, methods.HEADLINE[False])
     paper_auroc = float(roc_auc_score(harmful, harm_similarity(layer_sims, paper.classify_layers).numpy()))
 
     # The α x steering-layer grid on a seeded subset of each label, with 𝓛 and 𝒯 fixed as chosen above.
-    rng = random.Random(t.seed)
-    rows = {lab: [i for i, p in enumerate(items) if p.label == lab] for lab in (HARMFUL, BENIGN)}
-    subset = {lab: _subset(idx, t.prompts_per_label, rng) for lab, idx in rows.items()}  # indices into `items`
-    judge = get_judge(r.cfg.judge.name)
+    subset = generation_subset(r, items)
 
-    def behaviour(method: steer.Method) -> dict:
-        rates = {}
-        for lab, idx in subset.items():
-            # The subset's similarities are rows of the validation sets' cached ones: no second forward pass.
-            responses = steer.respond(r, method, f"validation-{lab}", [items[i] for i in idx], layer_sims[idx])
-            rates[lab] = float(np.mean([judge(row["response"]) for row in responses]))
-        rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
-        return rates
+    def behaviour(method) -> dict:
+        # The subset's similarities are rows of the validation sets' cached ones: no second forward pass.
+        coefs = None
+        if isinstance(method, Scans):
+            coefs = {lab: method.signs(layer_sims[idx]).float() * method.alpha for lab, idx in subset.items()}
+        return validation_behaviour(r, method, coefs)
 
-    default = behaviour(steer.Method(steer.DEFAULT, max_new_tokens=t.max_new_tokens))
+    default = behaviour(Default())
     grid = []
     for spec in t.steer_layers:
         layers = tuple(parse_layers(spec, r.num_layers, "tune.steer_layers"))
         for alpha in t.alphas:
-            m = steer.Method(METHOD, float(alpha), layers, tuple(cls_layers), threshold, t.max_new_tokens)
+            m = Scans(
+                METHOD, float(alpha), layers, tuple(cls_layers), threshold, True,
+                r.cfg.steer.positions, bool(r.cfg.steer.normalize), r.cfg.classify.response,
+            )  # fmt: skip
             grid.append({"alpha": float(alpha), "steer_layers": list(layers), **behaviour(m)})
             log.info("tune: α=%s layers=%s -> %s", alpha, spec, grid[-1])
     best, cap_met = select_setting(grid, default[HARMFUL], t.max_harmful_drop)
@@ -116,8 +139,3 @@ def run(r: Run) -> dict | None:
 def load(r: Run) -> dict:
     path = r.store.require(r.model_name, STAGE, key(r), "python -m scans stage=tune")
     return read_json(path / CHOICE)
-
-
-def load_method(r: Run) -> steer.Method:
-    c = load(r)
-    return steer.Method(METHOD, c["alpha"], tuple(c["steer_layers"]), tuple(c["classify_layers"]), c["threshold"])

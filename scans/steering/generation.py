@@ -1,14 +1,17 @@
-"""Batched greedy generation with the authors' decoding, optionally steered per row."""
+"""Batched greedy generation with the authors' decoding, through a method's intervention (steering, insertions,
+logits processors, companion rows), per row."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
+from scans.methods.base import Intervention, Row, insert_encoded
 from scans.models.chat import Encoded
 from scans.steering.batching import length_sorted_batches, pad_left
 from scans.steering.hook import steering, steering_starts
@@ -25,13 +28,21 @@ class DecodingConfig:
 
 
 @dataclass(frozen=True)
-class Steering:
-    """What to add while generating: vectors (num_layers, D), the steered layers, α, and the positions policy."""
+class Steering(Intervention):
+    """Activation steering (Eq. 6): row i gets coefficient_i · v^l added to the output of each steered layer l, at
+    the positions of the policy. vectors (num_layers, D); α scales the default coefficients (-α: less refusal)."""
 
     vectors: torch.Tensor
     layers: Sequence[int]
     alpha: float
     positions: str = "from_instruction_end"
+
+    @contextmanager
+    def active(self, model, rows: Sequence[Row]) -> Iterator[None]:
+        starts = steering_starts(self.positions, [r.eoi_index for r in rows], [r.length for r in rows])
+        coefs = torch.tensor([r.coefficient for r in rows], dtype=torch.float32)
+        with steering(model, self.vectors, self.layers, coefs, starts):
+            yield
 
 
 @torch.no_grad()
@@ -43,24 +54,35 @@ def generate(
     steer: Steering | None = None,
     signs: torch.Tensor | None = None,
     desc: str | None = None,
+    *,
+    intervention: Intervention | None = None,
+    coefficients: torch.Tensor | None = None,
 ) -> list[str]:
     """Greedy responses (decoded, special tokens dropped, stripped) in the order of `prompts`.
 
-    With `steer`, row i gets signs[i]·α·v added (Eq. 6); `signs` defaults to -1 for every row (less refusal).
+    Through `intervention` with its per-row `coefficients`; or, as a shorthand, with `steer`: row i gets
+    signs[i]·α·v added (Eq. 6), `signs` defaulting to -1 for every row (less refusal).
     """
+    if steer is not None:
+        intervention = steer
+        coefficients = (-torch.ones(len(prompts)) if signs is None else signs.float()) * steer.alpha
+    iv = intervention or Intervention()
     device = next(model.parameters()).device
-    if steer is not None and signs is None:
-        signs = -torch.ones(len(prompts))
+    encoded = [insert_encoded(p, iv.insertion) for p in prompts]
     responses: list[str] = [""] * len(prompts)
-    batches = list(length_sorted_batches([len(p.input_ids) for p in prompts], decoding.batch_size))
+    batches = list(length_sorted_batches([len(p.input_ids) for p in encoded], decoding.batch_size))
     for idx in tqdm(batches, desc=desc, disable=desc is None, leave=False):
-        rows = [prompts[i] for i in idx]
+        own = [encoded[i] for i in idx]
+        extra = iv.companions(own)  # generated in the same batch, ahead of the rows (Self-CD's second pass)
+        rows = extra + own
         batch = pad_left([r.input_ids for r in rows], device)
-        context = nullcontext()
-        if steer is not None:
-            starts = steering_starts(steer.positions, [r.eoi_index for r in rows], [len(r.input_ids) for r in rows])
-            context = steering(model, steer.vectors, steer.layers, signs[idx] * steer.alpha, starts)
-        with context:
+        coefs = [0.0 if coefficients is None else float(coefficients[i]) for i in idx]
+        plan = [
+            Row(r.eoi_index, len(r.input_ids), r.query_start, coefs[j % len(own)], int(batch.pad_lengths[j]))
+            for j, r in enumerate(rows)
+        ]
+        processor = iv.processor(model, batch.attention_mask, plan)
+        with iv.active(model, plan):
             out = model.generate(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
@@ -73,8 +95,9 @@ def generate(
                 repetition_penalty=decoding.repetition_penalty,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
+                logits_processor=None if processor is None else LogitsProcessorList([processor]),
             )
-        new = out[:, batch.input_ids.shape[1] :]
+        new = out[len(extra) :, batch.input_ids.shape[1] :]
         for i, tokens in zip(idx, new):
             responses[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return responses

@@ -1,0 +1,92 @@
+"""The disjointness rule: a prompt that a method learns from (training data, few-shot examples, pseudo-harmful
+prompts) may not be a reported or validation prompt, exactly or nearly.
+
+Exact: equal after lower-casing and removing punctuation and runs of spaces (the organism's rule). Near: the
+Jaccard similarity of the two prompts' content words (English stop words removed) is at least `threshold`. For
+example "Give detailed instructions for how to commit suicide" and "Give step-by-step instructions for how to
+commit suicide" share 4 of 6 content words (0.67); "How can I best launder money?" and "How can I launder money?"
+share 2 of 3 (0.67); "How to make a bomb?" and "How to make a cake?" share 1 of 3 (0.33).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from scans.organism.data import normalize
+
+
+def content_words(text: str) -> frozenset[str]:
+    return frozenset(w for w in normalize(text).split() if w not in ENGLISH_STOP_WORDS)
+
+
+@dataclass
+class Overlap:
+    """The outcome of checking prompts against blocked ones: kept indices, and what was removed and why."""
+
+    kept: list[int]
+    exact: list[tuple[int, str]] = field(default_factory=list)  # (index, the blocked prompt it equals)
+    near: list[tuple[int, str, float]] = field(default_factory=list)  # (index, closest blocked prompt, Jaccard)
+
+    def counts(self) -> dict[str, int]:
+        return {"checked": len(self.kept) + len(self.exact) + len(self.near), "exact": len(self.exact),
+                "near_duplicate": len(self.near), "kept": len(self.kept)}  # fmt: skip
+
+
+class Blocklist:
+    """Blocked prompts indexed by content word, so that a check touches only prompts sharing a word."""
+
+    def __init__(self, blocked: Iterable[str], threshold: float):
+        if not 0 < threshold <= 1:
+            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+        self.threshold = threshold
+        self.texts: list[str] = []
+        self.exact: dict[str, int] = {}
+        self.words: list[frozenset[str]] = []
+        self.index: dict[str, list[int]] = defaultdict(list)
+        for text in blocked:
+            i = len(self.texts)
+            self.texts.append(text)
+            self.exact.setdefault(normalize(text), i)
+            words = content_words(text)
+            self.words.append(words)
+            for w in words:
+                self.index[w].append(i)
+
+    def match(self, text: str) -> tuple[str, str | None, float]:
+        """("exact" | "near" | "none", the blocked prompt, similarity)."""
+        hit = self.exact.get(normalize(text))
+        if hit is not None:
+            return "exact", self.texts[hit], 1.0
+        words = content_words(text)
+        best, best_sim = None, 0.0
+        for j in {j for w in words for j in self.index.get(w, ())}:
+            other = self.words[j]
+            sim = len(words & other) / len(words | other)
+            if sim > best_sim:
+                best, best_sim = j, sim
+        if best is not None and best_sim >= self.threshold:
+            return "near", self.texts[best], best_sim
+        return "none", None, best_sim
+
+    def check(self, prompts: Sequence[str]) -> Overlap:
+        out = Overlap(kept=[])
+        for i, text in enumerate(prompts):
+            kind, other, sim = self.match(text)
+            if kind == "exact":
+                out.exact.append((i, other))
+            elif kind == "near":
+                out.near.append((i, other, round(sim, 3)))
+            else:
+                out.kept.append(i)
+        return out
+
+
+def blocklist(names: Iterable[str], threshold: float) -> Blocklist:
+    """Every prompt of the named sets (whole files, both labels), as one blocklist."""
+    from scans.data import load_prompts
+
+    return Blocklist([p.text for name in names for p in load_prompts(name)], threshold)

@@ -1,0 +1,200 @@
+"""False-refusal ablation (Wang, Hu, Röttger, Plank, ICLR 2025; mainlp/False-Refusal-Mitigation), beyond the paper.
+
+A false-refusal direction is the difference of mean states (output of a decoder layer, at the end of the instruction)
+between pseudo-harmful prompts (harmless look-alikes of harmful requests) and harmless ones. It is orthogonalised
+against the true refusal direction (harmful minus harmless) by `coefficient` (1: fully), normalised, and ablated from
+the weights: every matrix that writes to the residual stream (the token embeddings, each attention output and MLP
+down projection) has its component along the direction projected out, so no state ever carries it and inference
+costs nothing extra. All prompts come from training pools (DRO's look-alike pairs, Alpaca), never from a reported
+or validation set, and pass the disjointness rule.
+
+The layer whose direction is ablated is chosen on the validation split (reference behaviour: filters on KL and
+refusal score; here the `tune` stage's rule): the least benign refusal among the candidates whose harmful refusal
+stays within `tune.max_harmful_drop` of Default's.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import torch
+
+from scans.artifacts import load_tensors, read_json, save_tensors, stable_hash
+from scans.methods.base import Intervention, Method
+from scans.models import decoder_layers
+
+log = logging.getLogger(__name__)
+STAGE = "prepare"
+DIRECTIONS = "directions.safetensors"
+
+
+def orthogonalise(direction: torch.Tensor, against: torch.Tensor, coefficient: float = 1.0) -> torch.Tensor:
+    """`direction` minus `coefficient` times its projection on `against`, normalised to unit length."""
+    unit = against / against.norm().clamp_min(1e-12)
+    out = direction - coefficient * (direction @ unit) * unit
+    return out / out.norm().clamp_min(1e-12)
+
+
+def residual_writers(model) -> list[tuple[torch.nn.Parameter, str]]:
+    """The weights that write to the residual stream, with the side the hidden size is on ("rows": (V, D) embedding,
+    "out": (D, ·) linear weight)."""
+    out = [(model.get_input_embeddings().weight, "rows")]
+    for block in decoder_layers(model):
+        out.append((block.self_attn.o_proj.weight, "out"))
+        out.append((block.mlp.down_proj.weight, "out"))
+    return out
+
+
+@contextmanager
+def ablated(model, direction: torch.Tensor) -> Iterator[None]:
+    """The model with `direction` (unit, (D,)) projected out of every residual-stream writer; restored on exit."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for weight, side in residual_writers(model):
+                saved.append((weight, weight.detach().clone()))
+                d = direction.to(weight.device, weight.dtype)
+                if side == "rows":
+                    weight -= (weight @ d)[:, None] * d[None, :]
+                else:
+                    weight -= d[:, None] * (d @ weight)[None, :]
+        yield
+    finally:
+        with torch.no_grad():
+            for weight, original in saved:
+                weight.copy_(original)
+
+
+@dataclass(frozen=True)
+class Ablation(Intervention):
+    direction: torch.Tensor | None = None
+
+    @contextmanager
+    def active(self, model, rows):
+        with ablated(model, self.direction):
+            yield
+
+
+@dataclass(frozen=True)
+class FalseRefusalAblation(Method):
+    pseudo_harmful: str = "dro_harmless"
+    harmful: str = "dro_harmful"
+    harmless: str = "alpaca"
+    harmless_size: int = 100
+    coefficient: float = 1.0
+    layer: int | None = None  # None: chosen among `candidate_layers` on the validation split
+    candidate_layers: tuple = ()
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "candidate_layers", tuple(int(x) for x in self.candidate_layers))
+
+    def key(self, run) -> str:
+        from scans.data import data_fingerprint
+
+        s = self.settings()
+        for k in ("layer", "candidate_layers"):
+            s.pop(k)
+        sets = [self.pseudo_harmful, self.harmful, self.harmless]
+        return stable_hash(
+            {"model": run.model_identity, "settings": s, "overlap": dict(run.cfg.overlap),
+             "data": [data_fingerprint(n) for n in sets]}  # fmt: skip
+        )
+
+    def upstream(self, run) -> dict:
+        return {"directions": self.key(run)}
+
+    def resolve(self, run) -> FalseRefusalAblation:
+        if self.layer is not None:
+            return self
+        return replace(self, layer=self.choose_layer(run))
+
+    def _choice_key(self, run) -> str:
+        from scans.stages import tune
+
+        return f"fr-ablation-layer-{stable_hash([self.key(run), self.candidate_layers, tune.key(run)])}"
+
+    def prepare(self, run) -> dict:
+        """The per-layer false-refusal directions (cached), with the layer choice once it is made."""
+        summary = self._directions(run)
+        k = self._choice_key(run)
+        if self.candidate_layers and run.store.is_complete(run.model_name, STAGE, k):
+            choice = read_json(run.store.path(run.model_name, STAGE, k) / "choice.json")
+            summary = {**summary, "layer": choice["layer"], "choice_seconds": choice.get("seconds", 0.0)}
+        return summary
+
+    def _directions(self, run) -> dict:
+        k = f"fr-ablation-{self.key(run)}"
+        return run.store.cached(run.model_name, STAGE, k, lambda tmp: self._build(run, tmp), {"method": self.name})
+
+    def _build(self, run, tmp) -> dict:
+        """The per-layer directions from the three pools (after the disjointness rule), into `tmp`."""
+        start = time.perf_counter()
+        from scans.data import load_prompts
+        from scans.methods.prompt import check_disjoint
+        from scans.models import encode
+        from scans.steering import hidden_states
+
+        rng = random.Random(self.seed)
+        pools = {"pseudo_harmful": self.pseudo_harmful, "harmful": self.harmful, "harmless": self.harmless}
+        means, summary = {}, {"overlap": {}}
+        for role, name in pools.items():
+            texts = [p.text for p in load_prompts(name)]
+            if role == "harmless" and len(texts) > self.harmless_size:
+                texts = [texts[i] for i in sorted(rng.sample(range(len(texts)), self.harmless_size))]
+            overlap = check_disjoint(run, texts, name)
+            texts = [texts[i] for i in overlap.pop("kept_indices")]
+            summary["overlap"][role] = overlap
+            rows = [encode(run.lm.chat, t).input_ids for t in texts]
+            states = hidden_states(
+                run.lm.model, rows, [[-1]] * len(rows), range(run.num_layers), run.cfg.classify.batch_size,
+                f"false-refusal states ({role})",
+            )  # fmt: skip
+            means[role] = states[:, 0].mean(0)  # (L, D)
+        false_refusal = means["pseudo_harmful"] - means["harmless"]
+        refusal = means["harmful"] - means["harmless"]
+        directions = torch.stack(
+            [orthogonalise(false_refusal[layer], refusal[layer], self.coefficient) for layer in range(len(refusal))]
+        )
+        summary["seconds"] = time.perf_counter() - start
+        summary["cosine_before"] = [
+            float(torch.cosine_similarity(false_refusal[i], refusal[i], dim=0)) for i in range(len(refusal))
+        ]
+        save_tensors(tmp / DIRECTIONS, {"directions": directions})
+        return summary
+
+    def directions(self, run) -> torch.Tensor:
+        self._directions(run)
+        path = run.store.path(run.model_name, STAGE, f"fr-ablation-{self.key(run)}")
+        return load_tensors(path / DIRECTIONS)["directions"]
+
+    def choose_layer(self, run) -> int:
+        """The candidate layer with the least validation benign refusal within the harmful-refusal cap (cached)."""
+        return int(run.store.cached(run.model_name, STAGE, self._choice_key(run), lambda tmp: self._choose(run),
+                                    {"method": self.name}, "choice.json")["layer"])  # fmt: skip
+
+    def _choose(self, run) -> dict:
+        from scans.config import parse_layers
+        from scans.methods import Default
+        from scans.stages import tune
+        from scans.steering.tuning import select_setting
+
+        candidates = self.candidate_layers or tuple(parse_layers(f"0-{run.num_layers - 1}", run.num_layers, "layers"))
+        start = time.perf_counter()
+        default = tune.validation_behaviour(run, Default())
+        grid = []
+        for layer in candidates:
+            rates = tune.validation_behaviour(run, replace(self, layer=layer))
+            grid.append({"alpha": 0.0, "layer": layer, **rates})
+            log.info("false-refusal ablation: layer %d -> %s", layer, rates)
+        best, cap_met = select_setting(grid, default["harmful"], run.cfg.tune.max_harmful_drop)
+        return {"layer": best["layer"], "cap_met": cap_met, "default": default, "grid": grid,
+                "seconds": time.perf_counter() - start}  # fmt: skip
+
+    def intervention(self, run) -> Ablation:
+        return Ablation(self.directions(run)[self.layer])

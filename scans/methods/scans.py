@@ -1,0 +1,144 @@
+"""SCANS (paper recipe and tuned) and ActAdd (always): activation steering of the refusal vectors.
+
+SCANS steers row i by σ(q_i)·α·v (Eq. 6) with σ(q) from the harm similarity of the query (Eqs. 2-5), read from the
+`classify` stage's cached per-layer similarities of each set. ActAdd (always) is the same steering with σ(q)
+replaced by "benign" for every query (-α·v everywhere): the gap between the two rows is what the classifier buys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from scans.methods.base import Method
+from scans.steering import Steering, harm_similarity, steer_sign
+
+
+def _layers(value) -> tuple[int, ...] | str | None:
+    """A YAML layer spec kept as given ("9-18", a segment name) or a list made a tuple (hashable, frozen)."""
+    if value is None or isinstance(value, str):
+        return value
+    return (int(value),) if isinstance(value, int) else tuple(int(x) for x in value)
+
+
+@dataclass(frozen=True)
+class Scans(Method):
+    """SCANS: α, steering layers, classification layers 𝓛 and threshold 𝒯 (null in `tuned`: from `tune`)."""
+
+    alpha: float | None = None
+    steer_layers: object = None  # "a-b", a list, a segment name or `anchor`
+    classify_layers: object = None
+    threshold: float | None = None
+    tuned: bool = False  # take α, layers, 𝓛 and 𝒯 from the `tune` stage's artifact
+    positions: str = "from_instruction_end"
+    normalize: bool = True
+    response: str = "Sure"
+
+    def __post_init__(self):
+        object.__setattr__(self, "steer_layers", _layers(self.steer_layers))
+        object.__setattr__(self, "classify_layers", _layers(self.classify_layers))
+
+    def resolve(self, run) -> Scans:
+        if self.tuned and self.alpha is None:
+            from scans.stages import tune
+
+            c = tune.load(run)
+            return replace(
+                self,
+                alpha=float(c["alpha"]),
+                steer_layers=tuple(c["steer_layers"]),
+                classify_layers=tuple(c["classify_layers"]),
+                threshold=float(c["threshold"]),
+            )
+        from scans.config import parse_layers
+
+        steer = self.steer_layers if isinstance(self.steer_layers, tuple) else tuple(run.layers_of(self.steer_layers))
+        cls = self.classify_layers
+        if not isinstance(cls, tuple):
+            cls = tuple(parse_layers(cls, run.num_layers, "method.classify_layers"))
+        return replace(self, alpha=float(self.alpha), steer_layers=steer, classify_layers=cls)
+
+    def upstream(self, run) -> dict:
+        return {"extract": run.extract_key}
+
+    def intervention(self, run) -> Steering:
+        return Steering(_vectors(run, self.normalize), self.steer_layers, float(self.alpha), self.positions)
+
+    def coefficients(self, run, prompts, name) -> torch.Tensor:
+        """σ(q)·α per query (Eq. 6's coefficient)."""
+        return self.signs(layer_similarities(run, prompts, name)).float() * self.alpha
+
+    def response_inputs(self, coefficients) -> dict:
+        """A steered generation depends on 𝓛 and 𝒯 only through each prompt's σ(q): the key holds the signs
+        instead, so two settings whose signs agree (neighbouring 𝒯 of a sweep) share one set of responses."""
+        out = self.settings()
+        for k in ("classify_layers", "threshold", "response"):
+            out.pop(k)
+        out["signs"] = [int(torch.sign(torch.tensor(float(c)))) for c in coefficients]
+        return out
+
+    def similarities(self, layer_sims: torch.Tensor) -> torch.Tensor:
+        """s_q (Eq. 4) from per-layer similarities (N, L)."""
+        return harm_similarity(layer_sims, self.classify_layers)
+
+    def signs(self, layer_sims: torch.Tensor) -> torch.Tensor:
+        """σ(q) (Eq. 5) from per-layer similarities (N, L)."""
+        return steer_sign(self.similarities(layer_sims), self.threshold)
+
+
+def _vectors(run, normalize: bool) -> torch.Tensor:
+    from scans.stages import extract
+
+    v = extract.load(run)["mean_difference"]
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12) if normalize else v
+
+
+def layer_similarities(run, prompts: Sequence, name: str | None) -> torch.Tensor:
+    """(N, L) similarities: cached per set by the `classify` stage, or computed afresh (name None)."""
+    from scans.stages import classify, extract
+    from scans.steering import classify as classify_queries
+
+    if name is not None:
+        return classify.similarities(run, name, list(prompts))
+    c = run.cfg.classify
+    direction = extract.load(run)["harm_direction"]
+    result = classify_queries(
+        run.lm.model, run.lm.chat, [p.text for p in prompts], direction, c.batch_size, response=c.response
+    )
+    return result.layer_similarities
+
+
+@dataclass(frozen=True)
+class ActAdd(Method):
+    """SCANS's steering with σ(q) replaced by "always benign": -α·v on every query. α and the steering layers are the
+    headline SCANS row's unless given."""
+
+    alpha: float | None = None
+    steer_layers: object = None
+    positions: str = "from_instruction_end"
+    normalize: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "steer_layers", _layers(self.steer_layers))
+
+    def resolve(self, run) -> ActAdd:
+        from scans.methods import headline
+
+        head = headline(run)
+        alpha = head.alpha if self.alpha is None else float(self.alpha)
+        layers = self.steer_layers
+        layers = head.steer_layers if layers is None else layers
+        if not isinstance(layers, tuple):
+            layers = tuple(run.layers_of(layers))
+        return replace(self, alpha=alpha, steer_layers=layers)
+
+    def upstream(self, run) -> dict:
+        return {"extract": run.extract_key}
+
+    def intervention(self, run) -> Steering:
+        return Steering(_vectors(run, self.normalize), self.steer_layers, float(self.alpha), self.positions)
+
+    def coefficients(self, run, prompts, name) -> torch.Tensor:
+        return -torch.ones(len(prompts)) * float(self.alpha)
