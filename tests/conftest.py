@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# Where the tiny models run: the CPU here and in CI; `SCANS_TEST_DEVICE=cuda` on a GPU machine (scripts/device_methods.sh).
+# Where the tiny models run: the CPU here and in CI; SCANS_TEST_DEVICE=cuda on a GPU (scripts/device_methods.sh).
 DEVICE = os.environ.get("SCANS_TEST_DEVICE", "cpu")
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"

@@ -206,6 +206,15 @@ def test_self_cd_logits_are_the_contrast_computed_by_hand(tiny_lm):
     assert out[0] == tiny_lm.tokenizer.decode([int(expected.argmax())], skip_special_tokens=True).strip()
 
 
+def test_self_cd_keeps_ruled_out_tokens_out():
+    """A token another processor set to -inf (EOS under min_new_tokens) stays -inf; y - α(y - y') would give NaN."""
+    from scans.methods.selfcd import contrast
+
+    inf = float("inf")
+    out = contrast(torch.tensor([0.0, -inf, 1.0]), torch.tensor([1.0, -inf, -inf]), 2.5)
+    assert out[0] == pytest.approx(2.5) and out[1] == -inf and out[2] == -inf and not out.isnan().any()
+
+
 # SafeDecoding
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import DEVICE
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
@@ -26,7 +27,6 @@ from scans.report.table2 import COLUMNS
 from scans.stages import Run, analyze, classify, extract, run_stage, steer, sweep, tune
 from scans.stages import context as stage_context
 from scans.steering import harm_reference
-from conftest import DEVICE
 
 ROOT = Path(__file__).resolve().parent.parent
 

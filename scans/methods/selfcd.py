@@ -28,8 +28,10 @@ SAFETY_TEXT = (
 
 
 def contrast(y: torch.Tensor, y_plain: torch.Tensor, ratio: float) -> torch.Tensor:
-    """y - α(y - y'): y with the safety text, y' without."""
-    return y - ratio * (y - y_plain)
+    """y - α(y - y'): y with the safety text, y' without. A token that a processor has ruled out (-inf in either
+    pass, e.g. EOS under `min_new_tokens`) stays ruled out instead of becoming NaN."""
+    out = y - ratio * (y - y_plain)
+    return torch.where(torch.isfinite(y) & torch.isfinite(y_plain), out, torch.minimum(y, y_plain))
 
 
 class ContrastProcessor(LogitsProcessor):

@@ -39,7 +39,10 @@ def methods_table(rows: Sequence[tuple[str, str, Mapping | None]]) -> pd.DataFra
 
 def methods_markdown(table: pd.DataFrame, model: str, threshold: float, sets: Sequence[str]) -> str:
     text = f"# The methods of Table 2 ({model})\n\n"
-    text += table.to_markdown(index=False, floatfmt=".0f") + "\n\n"
+    shown = table.apply(  # whole numbers; "—" for methods that learn nothing
+        lambda c: c.map(lambda v: "—" if pd.isna(v) else f"{v:.0f}" if isinstance(v, float) else v)
+    )
+    text += shown.to_markdown(index=False, floatfmt=".0f") + "\n\n"
     text += (
         "`learns from`: every prompt a method trains on or shows as an example, checked against every prompt of "
         f"{', '.join(sets)} by exact match (normalised case, punctuation and spaces) and as a near duplicate "
