@@ -136,7 +136,7 @@ class FalseRefusalAblation(Method):
         """The per-layer directions from the three pools (after the disjointness rule), into `tmp`."""
         start = time.perf_counter()
         from scans.data import load_prompts
-        from scans.methods.prompt import check_disjoint
+        from scans.methods.base import check_disjoint
         from scans.models import encode
         from scans.steering import hidden_states
 

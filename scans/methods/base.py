@@ -118,6 +118,20 @@ class Trained:
         return run.store.cached(run.model_name, PREPARE, key, lambda tmp: self.build(run, tmp), {"method": self.name})
 
 
+def check_disjoint(run, texts: list[str], what: str) -> dict:
+    """The disjointness rule over prompts a method learns from; returns the counts and the removed prompts."""
+    from scans.data.overlap import blocklist
+
+    o = run.cfg.overlap
+    result = blocklist(list(o.sets), float(o.near_duplicate)).check(texts)
+    return {
+        "what": what, **result.counts(), "threshold": float(o.near_duplicate), "sets": list(o.sets),
+        "exact_matches": [[texts[i], other] for i, other in result.exact],
+        "near_duplicates": [[texts[i], other, sim] for i, other, sim in result.near],
+        "kept_indices": result.kept,
+    }  # fmt: skip
+
+
 def method_key(run: Run, method: Method, inputs: dict | None = None) -> str:
     """The artifact key of a method's outputs: model, settings (or `inputs`) and upstream artifacts."""
     settings = method.settings() if inputs is None else inputs

@@ -157,8 +157,7 @@ class DRO(Trained, Method):
 
         from scans.data import load_prompts
         from scans.judge import get_judge
-        from scans.methods.base import insert_encoded
-        from scans.methods.prompt import check_disjoint
+        from scans.methods.base import check_disjoint, insert_encoded
         from scans.models import encode
         from scans.steering import DecodingConfig, generate
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scans.methods.base import Intervention, Method
+from scans.methods.base import Intervention, Method, check_disjoint
 from scans.models.chat import tokenize
 
 
@@ -19,20 +19,6 @@ class Insertion(Intervention):
     """Fixed token ids inserted before every query."""
 
     insertion: tuple[int, ...] = ()
-
-
-def check_disjoint(run, texts: list[str], what: str) -> dict:
-    """The disjointness rule over prompts a method learns from; returns the counts and the removed prompts."""
-    from scans.data.overlap import blocklist
-
-    o = run.cfg.overlap
-    result = blocklist(list(o.sets), float(o.near_duplicate)).check(texts)
-    return {
-        "what": what, **result.counts(), "threshold": float(o.near_duplicate), "sets": list(o.sets),
-        "exact_matches": [[texts[i], other] for i, other in result.exact],
-        "near_duplicates": [[texts[i], other, sim] for i, other, sim in result.near],
-        "kept_indices": result.kept,
-    }  # fmt: skip
 
 
 @dataclass(frozen=True)

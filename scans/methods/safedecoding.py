@@ -160,7 +160,7 @@ class SafeDecoding(Trained, Method):
     def build(self, run, tmp: Path) -> dict:
         """Answer the seeds, keep the refusals, train the LoRA; the adapter and its data go into `tmp`."""
         from scans.data import load_prompts
-        from scans.methods.prompt import check_disjoint
+        from scans.methods.base import check_disjoint
 
         start = time.perf_counter()
         seeds = [p.text for p in load_prompts(self.seed_set)]
