@@ -114,7 +114,34 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"capability.mmlu.shots={c.mmlu.shots!r}; MMLU has 5 dev questions per subject (0-5)")
     for b in c.cost.batch_sizes:
         positive_int(b, "capability.cost.batch_sizes[]")
+    validate_classifiers(cfg)
     validate_methods(cfg)
+
+
+def validate_classifiers(cfg: DictConfig) -> None:
+    """Known kinds, defined anchor sets, and a `classify.use` that names one of `classify.compare`."""
+    from scans.steering.harm import KINDS
+
+    c = cfg.classify
+    sets = set(c.anchor_sets)
+    for name, spec in c.anchor_sets.items():
+        parts = list(spec) if OmegaConf.is_list(spec) else []
+        if any(p not in sets or OmegaConf.is_list(c.anchor_sets[p]) for p in parts):
+            raise ConfigError(f"classify.anchor_sets.{name}={parts}: a pooled set lists other, unpooled anchor sets")
+        if not parts and not {"harmful", "benign"} <= set(spec):
+            raise ConfigError(f"classify.anchor_sets.{name} needs `harmful` and `benign` (registry names) or a list")
+    for kind, anchors in c.compare.items():
+        if kind not in KINDS:
+            raise ConfigError(f"classify.compare.{kind}: unknown classifier; known: {', '.join(KINDS)}")
+        unknown = [a for a in anchors if a not in sets]
+        if unknown:
+            raise ConfigError(f"classify.compare.{kind}: unknown anchor set(s) {unknown}; known: {', '.join(sets)}")
+    kind, _, anchors = str(c.use).partition("/")
+    if c.use != "best" and (kind not in c.compare or (anchors and anchors not in c.compare[kind])):
+        raise ConfigError(f"classify.use={c.use!r}; expected best, a kind of classify.compare or kind/anchors")
+    positive_int(c.anchor_size, "classify.anchor_size", allow_none=True)
+    positive_int(c.gradsafe.references, "classify.gradsafe.references")
+    number(c.probe.C, "classify.probe.C", 0.0)
 
 
 def validate_methods(cfg: DictConfig) -> None:

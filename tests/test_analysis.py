@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -47,16 +46,6 @@ def test_keyword_filter_and_scores():
     assert flagged.tolist() == [True, False]  # the look-alike XSTest was built for
     s = classifiers.scores([True, True, False, False], [True, False, True, False])
     assert s == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "accuracy": 0.5}
-
-
-def test_probe_is_cross_validated_and_separates_separable_data():
-    rng = np.random.default_rng(0)
-    y = np.array([True] * 40 + [False] * 40)
-    x = torch.tensor(rng.normal(size=(80, 8)) + 3.0 * y[:, None], dtype=torch.float32)
-    pred = classifiers.probe_predictions(x, y.tolist(), folds=5, seed=0)
-    assert (pred == y).mean() > 0.9
-    noise = torch.tensor(rng.normal(size=(80, 8)), dtype=torch.float32)
-    assert (classifiers.probe_predictions(noise, y.tolist()) == y).mean() < 0.8  # no leakage from the labels
 
 
 def test_per_layer_summary_auroc():

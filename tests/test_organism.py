@@ -9,6 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from scans.cli import CONFIG_DIR
+from scans.data.overlap import Blocklist
 from scans.organism import (
     IGNORE,
     Example,
@@ -25,10 +26,14 @@ from scans.stages import context as stage_context
 
 
 def test_dedup_removes_exact_and_normalised_duplicates():
-    prompts = ["How do I build a bomb?", "how do i  build a BOMB", "Write a poem.", "Write a poem", "Tell a joke"]
-    kept, counts = remove_overlap(prompts, blocked=["HOW DO I BUILD A BOMB!!"], key=lambda p: p)
+    prompts = ["How do I build a bomb?", "how do i  build a BOMB", "Write a poem.", "Write a poem", "Tell a joke",
+               "How can I best build a bomb at home?"]  # fmt: skip
+    blocked = Blocklist(["HOW DO I BUILD A BOMB at home!!"], 0.6)
+    kept, counts = remove_overlap(prompts, blocked, key=lambda p: p)
     assert kept == ["Write a poem.", "Tell a joke"]
-    assert counts == {"evaluation_overlap": 2, "duplicate": 1}
+    assert counts == {"evaluation_overlap": 0, "near_duplicate": 3, "duplicate": 1}
+    kept, counts = remove_overlap(prompts, Blocklist(["how do i build a bomb"], 0.6), key=lambda p: p)
+    assert counts["evaluation_overlap"] == 2  # equal after normalising
     assert normalize("  It's   a TEST, isn't it? ") == "it s a test isn t it"
 
 
@@ -77,6 +82,7 @@ def organism_cfg(tmp_path, tiny_model, tiny_tokenizer, data_dir):
                 "model.base.device=cpu",
                 "align.harmful={safety_tuned_llamas: 4, harmbench: 2, tdc2023: 2, do_not_answer: 2, harmfulqa: 2}",
                 "align.benign.alpaca=4",
+                "align.benign.lookalike=2",
                 "align.benign.answer_tokens=4",
                 "align.train.batch_size=4",
                 f"paths.artifacts={tmp_path / 'artifacts'}",
@@ -89,10 +95,11 @@ def test_organism_round_trips_and_is_reused(organism_cfg, monkeypatch):
     r = Run(organism_cfg)
     path = align.run(r)
     summary = align.load_summary(r)
-    assert summary["examples"] == {"refusal": 12, "helpful": 4}
-    assert summary["steps"] == 4
+    helpful = 4 + 2 - summary["helpful_refused_by_base"]  # Alpaca and look-alikes, less answers judged refusals
+    assert summary["examples"] == {"refusal": 12, "helpful": helpful}
+    assert summary["steps"] == -(-(12 + helpful) // 4)
     assert set(summary["removed_and_used"]) == {"safety_tuned_llamas", "harmbench", "tdc2023", "do_not_answer",
-                                                 "harmfulqa", "alpaca"}  # fmt: skip
+                                                 "harmfulqa", "alpaca", "alpaca_lookalike"}  # fmt: skip
     lm = r.lm  # loads the saved organism
     from transformers import AutoModelForCausalLM
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +25,9 @@ from scans.models.chat import tokenize
 from scans.report.capability import TABLE3_COLUMNS, TABLE4_COLUMNS
 from scans.report.sweeps import TABLE5_COLUMNS
 from scans.report.table2 import COLUMNS
-from scans.stages import Run, analyze, classify, extract, run_stage, steer, sweep, tune
+from scans.stages import Run, analyze, capability, classify, cost, extract, run_stage, steer, sweep, tune
 from scans.stages import context as stage_context
-from scans.steering import harm_reference
+from scans.steering import harm, harm_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,7 @@ def make_cfg(tiny_model_dir, tmp_path, *overrides):
                 "model.hparams.threshold=0.5",
                 "experiment=smoke",
                 "generation.max_new_tokens=4",
-                "methods=[default,scans_paper,scans_tuned]",
+                "methods=[default,scans_paper,scans_tuned,scans_classifier]",
                 f"paths.artifacts={tmp_path / 'artifacts'}",
                 f"paths.report={tmp_path / 'report'}",
                 *overrides,
@@ -86,7 +87,8 @@ def test_pipeline_writes_tables_3_and_4(finished):
 
 REPORT_FILES = [
     *(f"table{i}.{ext}" for i in (1, 2, 3, 4, 7) for ext in ("md", "csv", "tex")),
-    "figure4.png", "figure5.png", "refusal_score.png", "table7_grid.csv", "index.md",
+    "figure4.png", "figure5.png", "refusal_score.png", "table7_grid.csv", "index.md", "classifiers.md",
+    "disjointness.md", "figure4.csv",
 ]  # fmt: skip
 
 
@@ -103,12 +105,29 @@ def test_report_rebuilds_every_table_and_figure_from_artifacts_alone(finished, m
     assert "\\begin{tabular}" in (tmp / "report" / "table1.tex").read_text()
 
 
+def test_report_says_which_tables_are_not_computed_yet(finished, monkeypatch, tmp_path):
+    """Without the cost stage's artifact, Table 4's page says so (and an earlier build's rows do not stay)."""
+    cfg, tmp = finished
+    r = Run(cfg)
+    assert cost.complete(r) and capability.complete(r)
+    moved = tmp_path / "cost"
+    shutil.move(str(r.store.path(r.model_name, "cost", cost.key(r))), moved)
+    try:
+        monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
+        run_stage("report", Run(cfg))
+        page = (tmp / "report" / "table4.md").read_text()
+        assert "Not computed for `local` yet: `python -m scans stage=cost`" in page
+        assert not (tmp / "report" / "table4.csv").exists() and (tmp / "report" / "table3.csv").exists()
+    finally:
+        shutil.move(str(moved), str(r.store.path(r.model_name, "cost", cost.key(r))))
+
+
 def test_threshold_sweep_needs_no_generation(finished, monkeypatch):
     cfg, _ = finished
     swept = cfg.copy()
     swept.analysis.paper_thresholds = [0.9, 0.3]
     monkeypatch.setattr(steer, "generate", lambda *a, **k: pytest.fail("generated"))
-    monkeypatch.setattr(classify, "classify", lambda *a, **k: pytest.fail("similarities recomputed"))
+    monkeypatch.setattr(classify, "prompt_and_response_states", lambda *a, **k: pytest.fail("similarities recomputed"))
     monkeypatch.setattr(stage_context, "_MODELS", {})
     monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))  # no forward pass either
     result = analyze.run(Run(swept))
@@ -138,7 +157,8 @@ def test_rerun_reuses_every_artifact(finished, monkeypatch):
         raise AssertionError("recomputed work that was already done")
 
     monkeypatch.setattr(extract, "harm_reference", forbidden)
-    monkeypatch.setattr(classify, "classify", forbidden)
+    monkeypatch.setattr(classify, "prompt_and_response_states", forbidden)  # every classifier's forward pass
+    monkeypatch.setattr(harm, "response_gradients", forbidden)  # GradSafe's backward passes
     monkeypatch.setattr(steer, "generate", forbidden)
     run_stage("all", Run(cfg))
 
@@ -154,7 +174,7 @@ def test_new_alpha_reuses_vectors_and_similarities(finished, monkeypatch, tmp_pa
     assert steer.key(r, new[1], name, prompts) != steer.key(Run(cfg), old[1], name, prompts)
     assert steer.key(r, new[0], name, prompts) == steer.key(Run(cfg), old[0], name, prompts)
     monkeypatch.setattr(extract, "harm_reference", lambda *a, **k: pytest.fail("vectors re-extracted"))
-    monkeypatch.setattr(classify, "classify", lambda *a, **k: pytest.fail("similarities recomputed"))
+    monkeypatch.setattr(classify, "prompt_and_response_states", lambda *a, **k: pytest.fail("similarities recomputed"))
     monkeypatch.setattr(stage_context, "_MODELS", {})  # and no model is needed for either
     monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
     run_stage("extract", r)
@@ -239,8 +259,15 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
     assert len(choice["validation"]["per_layer_auroc"]) == 2 and len(choice["validation"]["grid"]) == 4
     run_stage("all", r)
     df = pd.read_csv(tmp / "report" / "table2.csv")
-    assert df["method"].tolist() == ["Default", "SCANS (paper recipe)", "SCANS (tuned)"]  # rows of the model replaced
-    assert "Per-layer AUROC" in (tmp / "report" / "tuning.md").read_text()
+    rows = df["method"].tolist()  # rows of the model replaced
+    assert rows[:3] == ["Default", "SCANS (paper recipe)", "SCANS (tuned)"] and len(rows) == 4
+    c = choice["classifier"]
+    assert rows[3] == f"SCANS + classifier ({c['kind']}, {c['anchors']} anchors)" and len(c["grid"]) == 4
+    compared = {(x["kind"], x["anchors"]) for x in choice["classifiers"]}
+    assert compared == {(k, a) for k, sets in cfg.classify.compare.items() for a in sets}
+    assert c["auroc"] == max(x["auroc"] for x in choice["classifiers"])  # `best`, on the validation split
+    text = (tmp / "report" / "tuning.md").read_text()
+    assert "Per-layer AUROC" in text and "SCANS + classifier" in text
 
 
 # Tables 5-7: the `sweep` stage.

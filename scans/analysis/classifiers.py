@@ -1,12 +1,7 @@
-"""σ(q) as a classifier (paper Figures 4 and 5, Table 7's classification side), beside baselines that run here.
+"""Scoring classifiers (paper Figures 4 and 5, Table 7's classification side), and a keyword filter baseline.
 
-Harmful is the positive class throughout. Baselines:
-- a keyword filter (a prompt is harmful if it contains a word of `HARM_KEYWORDS`), the naive detector XSTest was
-  built to fool;
-- a logistic probe on the last-token activations of one layer, scored by stratified k-fold cross-validation on the
-  test set itself (an upper-bound-style baseline: it sees labels of the same distribution);
-- the projection of the last-token state on the unit refusal vector, averaged over 𝓛, thresholded at the value
-  chosen on the validation split (like σ(q)'s 𝒯).
+Harmful is the positive class throughout. The keyword filter (a prompt is harmful if it contains a word of
+`HARM_KEYWORDS`) is the naive detector XSTest was built to fool; the learnt classifiers are scans.steering.harm.
 """
 
 from __future__ import annotations
@@ -16,11 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 # Table 7's rows, in the paper's order (reference §3.11).
 TABLE7_SETS = ("xstest_safe", "xstest_unsafe", "oktest", "malicious", "truthfulqa", "advbench")
@@ -40,21 +31,6 @@ def keyword_filter(prompts: Sequence[str], keywords: Sequence[str] = HARM_KEYWOR
         words = _WORDS.findall(text.lower())
         out.append(any(w.startswith(k) for w in words for k in keywords))
     return np.array(out, dtype=bool)
-
-
-def probe_predictions(states: torch.Tensor, harmful: Sequence[bool], folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Cross-validated predictions of a standardised logistic regression on (N, D) activations."""
-    y = np.asarray(harmful, dtype=int)
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return cross_val_predict(model, states.double().numpy(), y, cv=cv).astype(bool)
-
-
-def projection_scores(states: torch.Tensor, vectors: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
-    """Mean over `layers` of the last-token state's projection on the unit refusal vector, (N, L, D) -> (N,)."""
-    unit = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    proj = (states.double() * unit.double()[None]).sum(-1)  # (N, L)
-    return proj[:, list(layers)].mean(-1).float()
 
 
 def scores(predicted: Sequence[bool], harmful: Sequence[bool]) -> dict[str, float]:

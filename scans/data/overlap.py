@@ -10,13 +10,20 @@ share 2 of 3 (0.67); "How to make a bomb?" and "How to make a cake?" share 1 of 
 
 from __future__ import annotations
 
+import re
+import string
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from scans.organism.data import normalize
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize(text: str) -> str:
+    """Case, punctuation and runs of whitespace removed: the key under which two prompts count as the same."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
 def content_words(text: str) -> frozenset[str]:
@@ -44,26 +51,27 @@ class Blocklist:
             raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
         self.threshold = threshold
         self.texts: list[str] = []
-        self.exact: dict[str, int] = {}
+        self.exact: dict[str, list[int]] = defaultdict(list)
         self.words: list[frozenset[str]] = []
         self.index: dict[str, list[int]] = defaultdict(list)
         for text in blocked:
             i = len(self.texts)
             self.texts.append(text)
-            self.exact.setdefault(normalize(text), i)
+            self.exact[normalize(text)].append(i)
             words = content_words(text)
             self.words.append(words)
             for w in words:
                 self.index[w].append(i)
 
-    def match(self, text: str) -> tuple[str, str | None, float]:
-        """("exact" | "near" | "none", the blocked prompt, similarity)."""
-        hit = self.exact.get(normalize(text))
-        if hit is not None:
-            return "exact", self.texts[hit], 1.0
+    def match(self, text: str, exclude: int | None = None) -> tuple[str, str | None, float]:
+        """("exact" | "near" | "none", the blocked prompt, similarity); `exclude`: a blocked prompt's own index,
+        to check a blocked prompt against the others."""
+        hits = [j for j in self.exact.get(normalize(text), ()) if j != exclude]
+        if hits:
+            return "exact", self.texts[hits[0]], 1.0
         words = content_words(text)
         best, best_sim = None, 0.0
-        for j in {j for w in words for j in self.index.get(w, ())}:
+        for j in {j for w in words for j in self.index.get(w, ())} - {exclude}:
             other = self.words[j]
             sim = len(words & other) / len(words | other)
             if sim > best_sim:
@@ -89,4 +97,32 @@ def blocklist(names: Iterable[str], threshold: float) -> Blocklist:
     """Every prompt of the named sets (whole files, both labels), as one blocklist."""
     from scans.data import load_prompts
 
-    return Blocklist([p.text for name in names for p in load_prompts(name)], threshold)
+    return Blocklist([p.text for name in dict.fromkeys(names) for p in load_prompts(name)], threshold)
+
+
+def anchor_matches(cfg, name: str) -> list[str]:
+    """For each prompt of a reported file, "exact", "near" or "none": its closest match among the other prompts of
+    the rule's sets, its own file included. Only "none" may be drawn as an anchor (what is not drawn is a reported
+    test prompt, so an anchor may not have a duplicate there)."""
+    from scans.data import load_prompts
+
+    own = [p.text for p in load_prompts(name)]
+    others = [n for n in blocked_sets(cfg) if n != name]
+    texts = own + [p.text for n in dict.fromkeys(others) for p in load_prompts(n)]
+    block = Blocklist(texts, float(cfg.overlap.near_duplicate))
+    return [block.match(text, exclude=i)[0] for i, text in enumerate(own)]
+
+
+def blocked_sets(cfg, learned: bool = True) -> list[str]:
+    """The sets the rule checks against: `overlap.sets` (every reported and held-back set), and, for a prompt that is
+    learnt from (`learned`), the validation split too, so that validation stays unseen. The validation prompts
+    themselves are checked with `learned=False`."""
+    names = list(cfg.overlap.sets)
+    if learned:
+        names += [n for n in cfg.tune.validation_sets if n not in names]
+    return names
+
+
+def rule(cfg, learned: bool = True, extra: Iterable[str] = ()) -> Blocklist:
+    """The disjointness rule of a run's config as a Blocklist (`extra`: further sets to keep off)."""
+    return blocklist([*blocked_sets(cfg, learned), *extra], float(cfg.overlap.near_duplicate))

@@ -26,17 +26,30 @@ class AnchorSplit:
     benign_heldout: tuple[Prompt, ...]
 
 
-def _draw(prompts: Sequence[Prompt], size: int, rng: random.Random, kind: str) -> tuple[list[int], list[int]]:
-    """(anchor indices in draw order, held-out indices in file order)."""
-    if not 1 <= size <= len(prompts):
-        raise DataError(f"anchor size {size} must be between 1 and {len(prompts)}, the number of {kind} prompts")
-    anchors = rng.sample(range(len(prompts)), size)
+def _draw(
+    prompts: Sequence[Prompt], size: int, rng: random.Random, kind: str, eligible: Sequence[bool] | None
+) -> tuple[list[int], list[int]]:
+    """(anchor indices in draw order, held-out indices in file order); anchors only among `eligible` prompts."""
+    pool = [i for i in range(len(prompts)) if eligible is None or eligible[i]]
+    if not 1 <= size <= len(pool):
+        raise DataError(
+            f"anchor size {size} must be between 1 and {len(pool)}, the number of {kind} prompts eligible as anchors"
+        )
+    anchors = [pool[i] for i in rng.sample(range(len(pool)), size)]
     chosen = set(anchors)
     return anchors, [i for i in range(len(prompts)) if i not in chosen]
 
 
-def anchor_split(harmful: Sequence[Prompt], benign: Sequence[Prompt], size: int, seed: int) -> AnchorSplit:
+def anchor_split(
+    harmful: Sequence[Prompt],
+    benign: Sequence[Prompt],
+    size: int,
+    seed: int,
+    eligible: tuple[Sequence[bool], Sequence[bool]] | None = None,
+) -> AnchorSplit:
     """Draw `size` anchors from each list with `random.Random(seed)` (harmful first); the rest is held out.
+    `eligible` (harmful, benign) restricts the draw: the disjointness rule allows as anchors only prompts with no
+    near duplicate among the held-out ones or any other reported prompt (scans.data.overlap.anchor_matches).
 
     The authors' `prepare_safety_anchor_datasets` is unseeded and draws the benign anchors in two steps (520
     TruthfulQA questions "for balance", then 64 of those), which gives the same distribution as one draw of 64; we
@@ -44,8 +57,9 @@ def anchor_split(harmful: Sequence[Prompt], benign: Sequence[Prompt], size: int,
     depends on hash randomisation; the held-out lists here keep the original file order.
     """
     rng = random.Random(seed)
-    harmful_anchors, harmful_rest = _draw(harmful, size, rng, HARMFUL)
-    benign_anchors, benign_rest = _draw(benign, size, rng, BENIGN)
+    ok_harmful, ok_benign = eligible if eligible is not None else (None, None)
+    harmful_anchors, harmful_rest = _draw(harmful, size, rng, HARMFUL, ok_harmful)
+    benign_anchors, benign_rest = _draw(benign, size, rng, BENIGN, ok_benign)
     return AnchorSplit(
         harmful_anchors=tuple(harmful[i] for i in harmful_anchors),
         benign_anchors=tuple(benign[i] for i in benign_anchors),
@@ -77,6 +91,7 @@ _EVAL_SETS: Mapping[str, _EvalSet] = MappingProxyType(
         "jbb_harmful": _EvalSet("jbb_harmful", HARMFUL),
         "jbb_benign": _EvalSet("jbb_benign", BENIGN),
         "oktest_heldout": _EvalSet("oktest_heldout", BENIGN),
+        "strongreject": _EvalSet("strongreject", HARMFUL),
     }
 )
 

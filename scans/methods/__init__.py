@@ -18,6 +18,7 @@ from scans.methods.default import Default
 
 METHOD_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "method"
 HEADLINE = {True: "scans_tuned", False: "scans_paper"}  # by steer.tuned
+TUNED = ("scans_tuned", "scans_classifier")  # the rows whose settings the `tune` stage chooses
 
 
 def known() -> list[str]:
@@ -81,7 +82,7 @@ def load(run, name: str) -> Method:
 def names(run) -> list[str]:
     listed = list(run.cfg.methods)
     if not run.cfg.steer.tuned:
-        listed = [n for n in listed if n != HEADLINE[True]]
+        listed = [n for n in listed if n not in TUNED]
     return listed
 
 

@@ -120,12 +120,12 @@ class Trained:
 
 def check_disjoint(run, texts: list[str], what: str) -> dict:
     """The disjointness rule over prompts a method learns from; returns the counts and the removed prompts."""
-    from scans.data.overlap import blocklist
+    from scans.data.overlap import blocked_sets, rule
 
-    o = run.cfg.overlap
-    result = blocklist(list(o.sets), float(o.near_duplicate)).check(texts)
+    result = rule(run.cfg).check(texts)
     return {
-        "what": what, **result.counts(), "threshold": float(o.near_duplicate), "sets": list(o.sets),
+        "what": what, **result.counts(), "threshold": float(run.cfg.overlap.near_duplicate),
+        "sets": blocked_sets(run.cfg),
         "exact_matches": [[texts[i], other] for i, other in result.exact],
         "near_duplicates": [[texts[i], other, sim] for i, other, sim in result.near],
         "kept_indices": result.kept,

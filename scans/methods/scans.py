@@ -88,6 +88,52 @@ class Scans(Method):
         return steer_sign(self.similarities(layer_sims), self.threshold)
 
 
+@dataclass(frozen=True)
+class ScansClassifier(Scans):
+    """SCANS's steering with σ(q) replaced by another harm classifier (scans.steering.harm): the `tune` stage
+    validates every classifier of `classify.compare`, picks `classifier` (`best`, a kind, or kind/anchors) and
+    chooses α and the steering layers for its signs on the validation split, as it does for SCANS (tuned)."""
+
+    classifier: str = "best"
+    kind: str | None = None
+    anchors: str | None = None
+
+    def resolve(self, run) -> ScansClassifier:
+        if self.alpha is not None:
+            return self
+        from scans.stages import tune
+
+        c = tune.load(run)["classifier"]
+        return replace(
+            self,
+            name=f"{self.name} ({c['kind']}, {c['anchors']} anchors)",
+            alpha=float(c["alpha"]),
+            steer_layers=tuple(c["steer_layers"]),
+            classify_layers=tuple(c["layers"]),
+            threshold=float(c["threshold"]),
+            kind=c["kind"],
+            anchors=c["anchors"],
+        )
+
+    def upstream(self, run) -> dict:
+        from scans.stages import classify
+
+        return {"extract": run.extract_key, "classifier": classify.fitted(run, self.kind, self.anchors)["key"]}
+
+    def coefficients(self, run, prompts, name) -> torch.Tensor:
+        """The classifier's sign times α per query."""
+        from scans.stages import classify
+
+        scores = classify.scores(run, self.kind, self.anchors, name, list(prompts))
+        return self.signs(scores).float() * self.alpha
+
+    def response_inputs(self, coefficients) -> dict:
+        out = super().response_inputs(coefficients)
+        for k in ("classifier", "kind", "anchors"):
+            out.pop(k)
+        return out
+
+
 def _vectors(run, normalize: bool) -> torch.Tensor:
     from scans.stages import extract
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import random
 import re
-import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from scans.data.overlap import Blocklist, normalize
+
 REFUSAL, HELPFUL = "refusal", "helpful"
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 
@@ -24,25 +24,23 @@ class Example:
     kind: str  # REFUSAL | HELPFUL
 
 
-def normalize(text: str) -> str:
-    """Case, punctuation and runs of whitespace removed: the key under which two prompts count as the same."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
-
-
 def remove_overlap(
-    prompts: Sequence, blocked: Iterable[str], key: Callable = lambda p: p.text
+    prompts: Sequence, blocked: Blocklist, key: Callable = lambda p: p.text
 ) -> tuple[list, dict[str, int]]:
-    """Drop prompts whose normalised text is blocked (an evaluation prompt) or was already kept (a duplicate).
+    """Drop prompts that the disjointness rule blocks (equal to, or a near-duplicate of, a blocked prompt) or that
+    were already kept (a duplicate after normalising).
 
-    Returns the kept prompts in order and the counts {"evaluation_overlap": n, "duplicate": m}.
+    Returns the kept prompts in order and the counts {"evaluation_overlap": n, "near_duplicate": n, "duplicate": m}.
     """
-    blocked_keys = {normalize(b) for b in blocked}
     seen: set[str] = set()
-    kept, counts = [], {"evaluation_overlap": 0, "duplicate": 0}
+    kept, counts = [], {"evaluation_overlap": 0, "near_duplicate": 0, "duplicate": 0}
     for p in prompts:
         k = normalize(key(p))
-        if k in blocked_keys:
+        kind = blocked.match(key(p))[0]
+        if kind == "exact":
             counts["evaluation_overlap"] += 1
+        elif kind == "near":
+            counts["near_duplicate"] += 1
         elif k in seen:
             counts["duplicate"] += 1
         else:
@@ -63,6 +61,13 @@ def refusal_pool(outputs: Iterable[str], is_refusal: Callable[[str], bool]) -> l
         if sentence and is_refusal(sentence):
             pool.setdefault(sentence, None)
     return list(pool)
+
+
+def lookalikes(prompts: Iterable[str], words: Iterable[str]) -> list[str]:
+    """Prompts that contain one of `words` as a whole word (any case): benign instructions that share the vocabulary
+    of harmful ones ("Describe the long-term effects of smoking", "Who wrote To Kill a Mockingbird?")."""
+    pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    return [p for p in prompts if pattern.search(p)]
 
 
 def sample(items: Sequence, n: int | None, rng: random.Random) -> list:

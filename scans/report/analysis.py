@@ -83,21 +83,32 @@ def refusal_score_figure(result: Mapping, path: Path, model: str) -> None:
     plt.close(fig)
 
 
+def figure4_entries(result: Mapping) -> list[Mapping]:
+    """σ(q) of the SCANS row, the keyword filter, and each kind's validated-best classifier."""
+    return [c for c in result["classifiers"] if c.get("row") or c.get("kind") == "keyword" or c.get("validated_best")]
+
+
 def figure4(result: Mapping, path: Path, model: str) -> None:
-    names = [c["classifier"] for c in result["classifiers"]]
-    metrics = ("precision", "recall", "f1")
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.26
+    entries = figure4_entries(result)
+    names = [c["classifier"] for c in entries]
+    metrics = ("precision", "recall", "f1", "auroc")
+    fig, ax = plt.subplots(figsize=(max(8, 1.7 * len(names)), 4.2))
+    width = 0.2
     for j, metric in enumerate(metrics):
-        values = [c[metric] for c in result["classifiers"]]
-        bars = ax.bar([i + (j - 1) * width for i in range(len(names))], values, width, label=metric.capitalize())
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
-    ax.set_ylim(0, 1.08)
+        values = [c[metric] for c in entries]
+        offset = (j - (len(metrics) - 1) / 2) * width
+        bars = ax.bar([i + offset for i in range(len(names))], values, width, label=metric.upper() if j == 3
+                      else metric.capitalize())  # fmt: skip
+        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+    ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
+    ax.set_ylim(0, 1.1)
     ax.set_ylabel("score (harmful = positive class)")
     n = result["n"]
-    ax.set_title(f"Figure 4: detecting harmful queries on XSTest\n({n['unsafe']} unsafe, {n['safe']} safe; {model})")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(
+        f"Figure 4: detecting harmful queries on XSTest ({n['unsafe']} unsafe, {n['safe']} safe; {model})\n"
+        "layers, threshold and anchors chosen on the validation split"
+    )
+    ax.legend(loc="upper left", fontsize=7, ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -106,7 +117,9 @@ def figure4(result: Mapping, path: Path, model: str) -> None:
 def figure5(result: Mapping, path: Path, model: str) -> None:
     f = result["figure5"]
     layers = range(len(f["auroc"]))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    kinds = list(dict.fromkeys(c["kind"] for c in result["classifiers"] if "per_layer_auroc" in c))
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    ax1 = axes[0, 0]
     for name, color in (("safe", "tab:blue"), ("unsafe", "tab:red")):
         mean = pd.Series(f[f"{name}_mean"])
         sd = pd.Series(f[f"{name}_sd"])
@@ -114,22 +127,27 @@ def figure5(result: Mapping, path: Path, model: str) -> None:
         ax1.fill_between(layers, mean - sd, mean + sd, color=color, alpha=0.15)
     ax1.set_xlabel("layer")
     ax1.set_ylabel("cosine similarity to d_harm (mean ± sd)")
-    ax1.set_title("Transition similarity per layer")
-    ax1.legend()
-    ax2.plot(layers, f["auroc"], color="black", marker="o", ms=3)
-    ax2.axhline(0.5, color="gray", ls="--", lw=0.8)
-    ax2.set_ylim(0.3, 1.0)
-    ax2.set_xlabel("layer")
-    ax2.set_ylabel("AUROC (unsafe vs safe)")
-    ax2.set_title("Separation per layer")
-    fig.suptitle(f"Figure 5: choice of classification layers ({model})")
+    ax1.set_title("σ(q): transition similarity per layer")
+    ax1.legend(fontsize=8)
+    panels = [axes[0, 1], axes[0, 2], axes[1, 0], axes[1, 1], axes[1, 2]]
+    panels[-1].plot(layers, f["auroc"], color="black", marker="o", ms=3)
+    panels[-1].set_title("σ(q) (steering anchors): XSTest AUROC per layer")
+    for ax, kind in zip(panels, kinds):
+        for i, c in enumerate(x for x in result["classifiers"] if x.get("kind") == kind and "per_layer_auroc" in x):
+            color = f"C{i}"
+            ax.plot(layers, c["per_layer_auroc"], color=color, marker="o", ms=2, label=f"{c['anchors']} (XSTest)")
+            ax.plot(layers, c["validation_per_layer_auroc"], color=color, ls=":", lw=1, label=f"{c['anchors']} (val.)")
+        ax.set_title(f"{kind}: AUROC per layer")
+        ax.legend(fontsize=6, ncol=2)
+    for ax in panels:
+        ax.axhline(0.5, color="gray", ls="--", lw=0.8)
+        ax.set_ylim(0.3, 1.0)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("AUROC (unsafe vs safe)")
+    fig.suptitle(f"Figure 5: per-layer separation of every classifier and anchor set ({model})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def figure4_table(result: Mapping) -> pd.DataFrame:
-    return pd.DataFrame(result["classifiers"], columns=["classifier", "precision", "recall", "f1", "accuracy"])
 
 
 def table7_grid(result: Mapping) -> pd.DataFrame:

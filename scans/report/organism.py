@@ -39,7 +39,8 @@ def organism_table(counts: Mapping[str, Mapping[str, tuple[int, int]]]) -> pd.Da
 def organism_markdown(table: pd.DataFrame, summary: dict, sizes: Mapping[str, int], name: str) -> str:
     data = pd.DataFrame(
         [{"source": s, **v} for s, v in summary["removed_and_used"].items()]
-    ).rename(columns={"evaluation_overlap": "removed (in an eval/validation set)", "duplicate": "removed (duplicate)"})
+    ).rename(columns={"evaluation_overlap": "removed (in a blocked set)", "near_duplicate": "removed (near duplicate)",
+              "duplicate": "removed (duplicate)"})
     met = int(table["met"].sum())
     return "\n".join(
         [

@@ -48,5 +48,36 @@ def tuning_markdown(choice: dict, name: str) -> str:
             "",
             auroc.to_markdown(index=False, floatfmt=".3f"),
             "",
+            *_classifier_section(choice),
         ]
     )
+
+
+def _classifier_section(choice: dict) -> list[str]:
+    """The harm classifiers compared on the validation split, and the `SCANS + classifier` row's choice."""
+    if "classifier" not in choice:
+        return []
+    c = choice["classifier"]
+    compared = pd.DataFrame(
+        [{"classifier": x["kind"], "anchors": x["anchors"], "harmful anchors": x["fit"]["harmful"],
+          "benign anchors": x["fit"]["benign"], "𝓛": f"{x['layers'][0]}-{x['layers'][-1]}", "𝒯": x["threshold"],
+          "AUROC": x["auroc"], "balanced accuracy": x["balanced_accuracy"]} for x in choice["classifiers"]]
+    )  # fmt: skip
+    grid = pd.DataFrame(c["grid"])
+    grid["steer_layers"] = grid["steer_layers"].map(lambda ls: f"{ls[0]}-{ls[-1]}")
+    return [
+        "## SCANS + classifier: the harm classifiers on the validation split",
+        "",
+        "Every classifier x anchor set of `classify.compare` (scans/steering/harm.py), with its window 𝓛 (best AUROC)"
+        " and threshold 𝒯 (best balanced accuracy) chosen here.",
+        "",
+        compared.to_markdown(index=False, floatfmt=".3f"),
+        "",
+        f"- classifier (`classify.use={c['use']}`): {c['kind']} on the {c['anchors']} anchors, 𝓛 = "
+        f"{c['layers'][0]}-{c['layers'][-1]}, 𝒯 = {c['threshold']:.4f}, AUROC {c['auroc']:.3f}",
+        f"- α = {c['alpha']:g}, steering layers {c['steer_layers'][0]}-{c['steer_layers'][-1]}: "
+        + _rule({**choice["validation"], "cap_met": c["cap_met"]}),
+        "",
+        grid.to_markdown(index=False, floatfmt=".3f"),
+        "",
+    ]

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from scans.artifacts import read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from scans.data import data_fingerprint, load_prompts
+from scans.data.overlap import Blocklist, blocked_sets, rule
 from scans.judge import get_judge
 from scans.models import encode, load_model
 from scans.organism import (
@@ -22,6 +23,7 @@ from scans.organism import (
     Example,
     TrainConfig,
     first_sentence,
+    lookalikes,
     refusal_pool,
     remove_overlap,
     sample,
@@ -44,13 +46,16 @@ def is_organism(r: Run) -> bool:
 
 def settings(r: Run) -> dict:
     a = OmegaConf.to_container(r.cfg.align, resolve=True)
-    sources = [*a["harmful"], "alpaca", *a["blocked"]]
+    blocked = _blocked(r)
+    sources = [*a["harmful"], "alpaca", *blocked]
     base = r.cfg.model.base
     return {
         "base": OmegaConf.to_container(
             OmegaConf.create({k: base[k] for k in ("source", "dtype", "chat_format", "system_prompt")}), resolve=True
         ),
         "align": a,
+        "blocked": blocked,
+        "near_duplicate": float(r.cfg.overlap.near_duplicate),
         "judge": r.cfg.judge.name,
         "data": {name: data_fingerprint(name) for name in sources},
     }
@@ -60,11 +65,16 @@ def key(r: Run) -> str:
     return stable_hash(settings(r))
 
 
+def _blocked(r: Run) -> list[str]:
+    """The organism is trained on nothing the disjointness rule blocks, nor on the classifiers' anchor pools."""
+    return [*blocked_sets(r.cfg), *[n for n in r.cfg.align.blocked if n not in blocked_sets(r.cfg)]]
+
+
 def model_path(r: Run) -> Path:
     return r.store.path(r.model_name, STAGE, key(r)) / MODEL_DIR
 
 
-def _harmful_examples(r: Run, blocked: list[str], rng: random.Random) -> tuple[list[Example], dict]:
+def _harmful_examples(r: Run, blocked: Blocklist, rng: random.Random) -> tuple[list[Example], dict]:
     a = r.cfg.align
     judge = get_judge(r.cfg.judge.name)
     report: dict[str, dict] = {}
@@ -90,14 +100,20 @@ def _harmful_examples(r: Run, blocked: list[str], rng: random.Random) -> tuple[l
     return examples, {"sources": report, "refusal_pool": len(pool)}
 
 
-def _benign_prompts(r: Run, blocked: list[str], rng: random.Random) -> tuple[list[str], dict]:
+def _benign_prompts(r: Run, blocked: Blocklist, rng: random.Random) -> tuple[list[str], list[str], dict]:
+    """(look-alike prompts, other Alpaca prompts, report): the look-alikes are drawn first and kept out of the rest."""
     b = r.cfg.align.benign
     prompts, counts = remove_overlap(load_prompts("alpaca"), blocked)
-    questions = [p.text for p in prompts if p.text.endswith("?")]
-    others = [p.text for p in prompts if not p.text.endswith("?")]
+    texts = [p.text for p in prompts]
+    similar = sample(lookalikes(texts, b.lookalike_words), b.lookalike, rng)
+    taken = set(similar)
+    questions = [t for t in texts if t.endswith("?") and t not in taken]
+    others = [t for t in texts if not t.endswith("?") and t not in taken]
     n_questions = round(b.alpaca * b.question_share)
     chosen = sample(questions, n_questions, rng) + sample(others, b.alpaca - n_questions, rng)
-    return chosen, {"alpaca": {"available": len(prompts) + sum(counts.values()), **counts, "used": len(chosen)}}
+    available = {"available": len(prompts) + sum(counts.values()), **counts}
+    report = {"alpaca": {**available, "used": len(chosen)}, "alpaca_lookalike": {**available, "used": len(similar)}}
+    return similar, chosen, report
 
 
 def self_answers(r: Run, base, prompts: list[str]) -> list[str]:
@@ -125,13 +141,18 @@ def run(r: Run) -> Path | None:
         return model_path(r)
     a = r.cfg.align
     rng = random.Random(a.seed)
-    blocked = [p.text for name in a.blocked for p in load_prompts(name)]
+    blocked = rule(r.cfg, extra=a.blocked)
     harmful, harmful_report = _harmful_examples(r, blocked, rng)
-    benign_prompts, benign_report = _benign_prompts(r, blocked, rng)
+    similar, plain, benign_report = _benign_prompts(r, blocked, rng)
 
     base = load_model(r.cfg.model.base, cache_dir=f"{r.cfg.paths.artifacts}/models")
-    answers = self_answers(r, base, benign_prompts)
-    benign = [Example(q, ans, "alpaca", HELPFUL) for q, ans in zip(benign_prompts, answers) if ans]
+    answers = self_answers(r, base, similar + plain)
+    judge = get_judge(r.cfg.judge.name)
+    sources = ["alpaca_lookalike"] * len(similar) + ["alpaca"] * len(plain)
+    # A helpful example must be helpful: an empty answer, or one the judge counts as a refusal, is dropped.
+    rows = zip(similar + plain, answers, sources)
+    benign = [Example(q, ans, src, HELPFUL) for q, ans, src in rows if ans and not judge(ans)]
+    refused = sum(1 for ans in answers if ans and judge(ans))
     train_cfg = TrainConfig(**OmegaConf.to_container(a.train, resolve=True), seed=a.seed)
     losses = train(base.model, base.chat, harmful + benign, train_cfg)
 
@@ -139,6 +160,7 @@ def run(r: Run) -> Path | None:
         "examples": {"refusal": len(harmful), "helpful": len(benign)},
         "removed_and_used": {**harmful_report["sources"], **benign_report},
         "refusal_pool": harmful_report["refusal_pool"],
+        "helpful_refused_by_base": refused,
         "steps": len(losses),
         "first_loss": sum(losses[:10]) / max(1, len(losses[:10])),
         "last_loss": sum(losses[-10:]) / max(1, len(losses[-10:])),

@@ -1,9 +1,10 @@
 """Stage `analyze`: σ(q) as a classifier, generation-free (Figures 4 and 5, Table 7's classification side).
 
-- Figure 4: precision / recall / F1 on all 450 XSTest prompts (harmful = positive) of σ(q) with the headline SCANS
-  row's 𝓛 and 𝒯, beside a keyword filter, a cross-validated logistic probe on last-token activations (layer: the
-  last of 𝓛), and the projection on the refusal vector over 𝓛 with its threshold chosen on the validation split.
-- Figure 5: per-layer cosine similarity of safe and unsafe XSTest prompts (mean, sd) and the per-layer AUROC.
+- Figure 4: precision / recall / F1 and AUROC on all 450 XSTest prompts (harmful = positive) of σ(q) with the
+  headline SCANS row's 𝓛 and 𝒯, a keyword filter, and every harm classifier x anchor set that the `tune` stage
+  validated (scans.steering.harm), each with its validation-chosen 𝓛 and 𝒯. Nothing is fitted on XSTest.
+- Figure 5: per-layer cosine similarity of safe and unsafe XSTest prompts (mean, sd), and the per-layer XSTest AUROC
+  of every classifier and anchor set.
 - Table 7 (classification): for every 𝒯 on a fine grid (and the paper's and the headline's 𝒯), the share of each
   evaluation set that σ(q) (the headline row's 𝓛) classifies as harmful, and its XSTest F1, from the cached
   similarities alone.
@@ -15,31 +16,27 @@ import logging
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from scans import methods
 from scans.analysis import classifiers
 from scans.analysis.classifiers import TABLE7_SETS
 from scans.artifacts import read_json, stable_hash, write_json
 from scans.data import HARMFUL, evaluation_sets
-from scans.models import encode
-from scans.stages import classify, extract, tune
+from scans.stages import classify, tune
 from scans.stages.context import Run, prompts_hash
-from scans.steering import harm_similarity, hidden_states, layer_similarities, transition
-from scans.steering.classifier import prompt_and_response_states
-from scans.steering.tuning import best_threshold
+from scans.steering import harm_similarity
+from scans.steering.tuning import layer_auroc
 
 log = logging.getLogger(__name__)
 STAGE = "analyze"
 RESULT = "analysis.json"
 XSTEST = ("xstest_safe", "xstest_unsafe")
+XSTEST_ALL = "xstest_all"  # the cache name of all 450 XSTest prompts (safe, then unsafe)
 
 
 def xstest(r: Run) -> dict:
     return evaluation_sets(list(XSTEST), None, r.cfg.data.limit_seed, r.anchors)
-
-
-def validation(r: Run) -> dict:
-    return evaluation_sets(list(r.cfg.tune.validation_sets), None, r.cfg.seed, None)
 
 
 def key(r: Run) -> str:
@@ -48,58 +45,59 @@ def key(r: Run) -> str:
         {
             "extract": r.extract_key,
             "method": methods.method_key(r, methods.headline(r)),
-            "sets": {n: prompts_hash(p) for n, p in {**xstest(r), **validation(r)}.items()},
-            "probe_folds": r.cfg.analysis.probe_folds,
+            "tune": tune.key(r) if r.cfg.steer.tuned else None,
+            "sets": {n: prompts_hash(p) for n, p in xstest(r).items()},
             "response": r.cfg.classify.response,
-            "format": 2,  # classifiers as a list
+            "format": 3,  # every validated classifier, with AUROC and per-layer AUROC on XSTest
         }
     )
 
 
-def last_token_states(r: Run, prompts) -> torch.Tensor:
-    """(N, L, D) states at the end of the instruction, every layer."""
-    encoded = [encode(r.lm.chat, p.text) for p in prompts]
-    states = hidden_states(
-        r.lm.model, [e.input_ids for e in encoded], [[-1]] * len(encoded), range(r.num_layers),
-        r.cfg.classify.batch_size, "last-token states",
-    )  # fmt: skip
-    return states[:, 0]
+def _entry(name: str, score, pred, harmful, **extra) -> dict:
+    y = np.asarray(harmful, dtype=int)
+    auroc = float(roc_auc_score(y, np.asarray(score, dtype=float)))
+    return {"classifier": name, **classifiers.scores(pred, harmful), "auroc": auroc, **extra}
 
 
 def figure4(r: Run, method) -> dict:
-    xs, val = xstest(r), validation(r)
+    """σ(q) of the headline row and a keyword filter, then every classifier the `tune` stage validated, each with its
+    validation-chosen 𝓛 and 𝒯, on all of XSTest: precision, recall, F1 (harmful = positive), AUROC of the score and
+    the per-layer AUROC (Figure 5)."""
+    xs = xstest(r)
     prompts = [p for ps in xs.values() for p in ps]
     harmful = [p.label == HARMFUL for p in prompts]
-    ref = extract.load(r)
-    vectors = ref["refusal_vectors"]
-    # One "prompt + Sure" pass gives σ(q)'s similarities and the last-token states (the end of the instruction).
-    states, end = prompt_and_response_states(
-        r.lm.model, r.lm.chat, [p.text for p in prompts], r.cfg.classify.batch_size, r.cfg.classify.response,
-        "XSTest states",
-    )  # fmt: skip
-    sims = layer_similarities(transition(states, end), ref["harm_direction"])
-    val_prompts = [p for ps in val.values() for p in ps]
-    val_harmful = [p.label == HARMFUL for p in val_prompts]
-    val_states = last_token_states(r, val_prompts)
     layers = list(method.classify_layers)
-    proj_threshold, _ = best_threshold(classifiers.projection_scores(val_states, vectors, layers), val_harmful)
-    proj = classifiers.projection_scores(states, vectors, layers).numpy() >= proj_threshold
-    sigma = harm_similarity(sims, layers).numpy() >= method.threshold
-    probe_layer = layers[-1]
-    probe = classifiers.probe_predictions(states[:, probe_layer], harmful, r.cfg.analysis.probe_folds, r.cfg.seed)
+    sims = classify.similarities(r, XSTEST_ALL, prompts)
+    sigma = harm_similarity(sims, layers).numpy()
+    keyword = classifiers.keyword_filter([p.text for p in prompts])
+    entries = [
+        _entry(f"σ(q) ({method.name})", sigma, sigma >= method.threshold, harmful, kind="transition", anchors="paper",
+               layers=layers, threshold=float(method.threshold), row=True),
+        _entry("keyword filter", keyword.astype(float), keyword, harmful, kind="keyword"),
+    ]  # fmt: skip
+    compared = tune.load(r)["classifiers"] if r.cfg.steer.tuned else []
+    best_of_kind = {}
+    for c in compared:
+        if c["kind"] not in best_of_kind or c["auroc"] > best_of_kind[c["kind"]]["auroc"]:
+            best_of_kind[c["kind"]] = c
+    for c in compared:
+        per_layer = classify.scores(r, c["kind"], c["anchors"], XSTEST_ALL, prompts)
+        score = harm_similarity(per_layer, c["layers"]).numpy()
+        entries.append(
+            _entry(
+                f"{c['kind']} ({c['anchors']} anchors)", score, score >= c["threshold"], harmful, kind=c["kind"],
+                anchors=c["anchors"], layers=c["layers"], threshold=c["threshold"], validation_auroc=c["auroc"],
+                validated_best=best_of_kind[c["kind"]] is c,
+                per_layer_auroc=[float(a) for a in layer_auroc(per_layer, harmful)],
+                validation_per_layer_auroc=c["per_layer_auroc"],
+            )
+        )  # fmt: skip
     return {
         "n": {"safe": len(xs["xstest_safe"]), "unsafe": len(xs["xstest_unsafe"])},
         "method": method.name,
         # A list, not a dict: the figure's order must survive the JSON artifact (whose keys are sorted).
-        "classifiers": [
-            {"classifier": name, **classifiers.scores(pred, harmful)}
-            for name, pred in (
-                (f"σ(q) ({method.name})", sigma),
-                ("keyword filter", classifiers.keyword_filter([p.text for p in prompts])),
-                (f"logistic probe (layer {probe_layer}, {r.cfg.analysis.probe_folds}-fold CV)", probe),
-                ("refusal-vector projection", proj),
-            )
-        ],
+        "classifiers": entries,
+        "chosen": tune.load(r)["classifier"] if r.cfg.steer.tuned else None,
         "figure5": classifiers.per_layer_summary(sims, harmful),
     }
 
@@ -128,7 +126,7 @@ def figures(r: Run) -> dict:
     result = figure4(r, methods.headline(r))
     with r.store.writing(r.model_name, STAGE, k, {"extract": r.extract_key}) as tmp:
         write_json(tmp / RESULT, result)
-    log.info("analyze: %s", {c["classifier"]: round(c["f1"], 3) for c in result["classifiers"]})
+    log.info("analyze: XSTest AUROC %s", {c["classifier"]: round(c["auroc"], 3) for c in result["classifiers"]})
     return result
 
 

@@ -59,7 +59,7 @@ def mmlu_items(r: Run) -> list[mmlu_lib.Question]:
 
 
 def mmlu(r: Run, method: Method) -> dict:
-    k = _key(r, "mmlu", method, {"data": data_fingerprint("mmlu")})
+    k = _mmlu_key(r, method)
     if (hit := _cached(r, k)) is not None:
         return hit
     c = r.cfg.capability.mmlu
@@ -83,11 +83,21 @@ def mmlu(r: Run, method: Method) -> dict:
     return _save(r, k, method, scores, rows)
 
 
-def xsum(r: Run, method: Method) -> dict:
+def _xsum_inputs(r: Run, method: Method):
+    """(documents, prompts, artifact key) of a method's XSum run."""
     c = r.cfg.capability.xsum
     docs = xsum_lib.sample_documents(load_table("xsum"), c.documents, c.seed)
     prompts = [Prompt(xsum_lib.prompt(d), BENIGN, "xsum") for d in docs["document"]]
-    k = _key(r, "xsum", method, {"prompts": stable_hash([p.text for p in prompts])})
+    return docs, prompts, _key(r, "xsum", method, {"prompts": stable_hash([p.text for p in prompts])})
+
+
+def _mmlu_key(r: Run, method: Method) -> str:
+    return _key(r, "mmlu", method, {"data": data_fingerprint("mmlu")})
+
+
+def xsum(r: Run, method: Method) -> dict:
+    c = r.cfg.capability.xsum
+    docs, prompts, k = _xsum_inputs(r, method)
     if (hit := _cached(r, k)) is not None:
         return hit
     rows = steer.respond(r, method, "xsum", prompts, max_new_tokens=c.max_new_tokens)
@@ -142,6 +152,15 @@ def methods(r: Run) -> list[Method]:
     if r.cfg.capability.get("all_methods"):
         return methods_lib.with_default(methods_lib.rows(r))
     return [Default(), methods_lib.headline(r)]
+
+
+def complete(r: Run) -> bool:
+    """Whether every artifact of Table 3 exists (never loads the model)."""
+    for m in methods(r):
+        keys = [_perplexity_key(r, m, corpus) for corpus in CORPORA] + [_xsum_inputs(r, m)[2], _mmlu_key(r, m)]
+        if not all(r.store.is_complete(r.model_name, STAGE, k) for k in keys):
+            return False
+    return True
 
 
 def run(r: Run) -> list[dict]:

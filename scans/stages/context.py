@@ -104,8 +104,11 @@ class Run:
 
     @cached_property
     def anchors(self) -> AnchorSplit:
+        from scans.data.overlap import anchor_matches
+
         a = self.cfg.data.anchors
-        return anchor_split(load_prompts(a.harmful), load_prompts(a.benign), a.size, a.seed)
+        eligible = tuple([m == "none" for m in anchor_matches(self.cfg, name)] for name in (a.harmful, a.benign))
+        return anchor_split(load_prompts(a.harmful), load_prompts(a.benign), a.size, a.seed, eligible)
 
     @cached_property
     def anchor_inputs(self) -> dict:
@@ -116,6 +119,17 @@ class Run:
             "size": a.size,
             "seed": a.seed,
             "fingerprints": {a.harmful: data_fingerprint(a.harmful), a.benign: data_fingerprint(a.benign)},
+            "disjoint_from": self.overlap_inputs,
+        }
+
+    @cached_property
+    def overlap_inputs(self) -> dict:
+        """What the disjointness rule reads: the sets (with their fingerprints) and the threshold."""
+        from scans.data.overlap import blocked_sets
+
+        return {
+            "sets": {n: data_fingerprint(n) for n in blocked_sets(self.cfg)},
+            "near_duplicate": float(self.cfg.overlap.near_duplicate),
         }
 
     @cached_property

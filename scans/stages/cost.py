@@ -98,6 +98,10 @@ def key(r: Run) -> str:
     return stable_hash({"config": c, "methods": keys, "where": where})
 
 
+def complete(r: Run) -> bool:
+    return r.store.is_complete(r.model_name, STAGE, key(r))
+
+
 def run(r: Run) -> dict:
     k = key(r)
     if r.store.is_complete(r.model_name, STAGE, k):

@@ -13,17 +13,20 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from scans import methods
 from scans.analysis.classifiers import TABLE7_SETS
 from scans.artifacts import write_text_atomic
 from scans.data import TABLE2_SETS
+from scans.data.overlap import blocked_sets
 from scans.errors import ArtifactError, ConfigError
 from scans.methods import Default, Method
 from scans.report import analysis as analysis_report
 from scans.report import sweeps as sweep_report
 from scans.report.analysis import span
 from scans.report.capability import table3, table3_markdown, table4, table4_markdown
+from scans.report.classifiers import classifiers_markdown, classifiers_table, disjointness_markdown
 from scans.report.methods import methods_markdown, methods_table
 from scans.report.organism import organism_markdown, organism_table
 from scans.report.table2 import table2, table2_row, to_markdown
@@ -66,7 +69,8 @@ def run(r: Run) -> Path:
     prepared = [(m.name, type(m).__name__, m.prepare(r)) for m in listed]  # cached artifacts (stage=prepare)
     o = r.cfg.overlap
     write_text_atomic(
-        out / "methods.md", methods_markdown(methods_table(prepared), r.model_name, o.near_duplicate, list(o.sets))
+        out / "methods.md",
+        methods_markdown(methods_table(prepared), r.model_name, o.near_duplicate, blocked_sets(r.cfg)),
     )
     if r.cfg.steer.tuned:
         write_text_atomic(out / "tuning.md", tuning_markdown(tune.load(r), r.model_name))
@@ -79,6 +83,9 @@ def run(r: Run) -> Path:
         table.to_csv(buf, index=False, float_format="%.2f")
         write_text_atomic(out / "organism.csv", buf.getvalue())
         write_text_atomic(out / "organism.md", organism_markdown(table, align.load_summary(r), sizes, r.model_name))
+    write_text_atomic(
+        out / "disjointness.md", disjointness_markdown(disjointness_rows(r), list(o.sets), o.near_duplicate)
+    )
     capability_tables(r, out)
     analysis_outputs(r, out)
     write_text_atomic(out / "index.md", index_page(out))
@@ -102,11 +109,46 @@ def analysis_outputs(r: Run, out: Path) -> None:
     result = analyze.run(r)
     analysis_report.figure4(result, out / "figure4.png", r.model_name)
     analysis_report.figure5(result, out / "figure5.png", r.model_name)
-    figure4 = analysis_report.figure4_table(result)
-    write_text_atomic(out / "figure4.csv", figure4.to_csv(index=False, float_format="%.4f"))
+    table = classifiers_table(result)
+    write_text_atomic(out / "figure4.csv", table.to_csv(index=False, float_format="%.4f"))
+    sets = {name: len(p) for name, p in tune.validation(r).items()}
+    write_text_atomic(out / "classifiers.md", classifiers_markdown(table, result, sets, r.model_name))
     grid = analysis_report.table7_grid(result)
     write_text_atomic(out / "table7_grid.csv", grid.to_csv(index=False, float_format="%.4f"))
     sweep_tables(r, out, grid, result["default_threshold_source"])
+
+
+def disjointness_rows(r: Run) -> list[dict]:
+    """The rule's counts for the organism's sources, the steering anchors' files, the validation split and the
+    classifiers' anchor sets."""
+    from scans.data import evaluation_sets, load_prompts
+    from scans.data.overlap import anchor_matches, rule
+
+    rows = []
+    if align.is_organism(r):
+        for source, v in align.load_summary(r)["removed_and_used"].items():
+            removed = v["evaluation_overlap"] + v.get("near_duplicate", 0) + v["duplicate"]
+            rows.append({"pool": source, "role": "organism training", "checked": v["available"],
+                         "exact": v["evaluation_overlap"], "near_duplicate": v.get("near_duplicate", 0),
+                         "kept": v["available"] - removed})  # fmt: skip
+    a = r.cfg.data.anchors
+    for name in (a.harmful, a.benign):
+        m = anchor_matches(r.cfg, name)
+        counts_ = {"exact": m.count("exact"), "near_duplicate": m.count("near"), "kept": m.count("none")}
+        rows.append({"pool": name, "role": f"steering anchors (drawn: {a.size})", "checked": len(m), **counts_})
+    learned, chosen = rule(r.cfg), rule(r.cfg, learned=False)
+    for name, prompts in evaluation_sets(list(r.cfg.tune.validation_sets), None, r.cfg.seed, None).items():
+        rows.append({"pool": name, "role": "validation", **chosen.check([p.text for p in prompts]).counts()})
+    for anchors, spec in r.cfg.classify.anchor_sets.items():
+        if OmegaConf.is_list(spec):
+            continue
+        for side, dataset in (("harmful", spec.harmful), ("benign", spec.benign)):
+            if dataset in (a.harmful, a.benign):
+                continue
+            texts = [p.text for p in load_prompts(dataset) if p.label == side]
+            rows.append({"pool": dataset, "role": f"classifier anchors ({anchors}, {side})",
+                         **learned.check(texts).counts()})  # fmt: skip
+    return rows
 
 
 def _sweep_counts(r: Run, method: Method) -> dict[str, tuple[int, int]] | None:
@@ -142,7 +184,7 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
         else:
             rows6.append({"model": model, "alpha": a, **sweep_report.rates(c)})
     df6 = sweep_report.table6(rows6)
-    _write_sweep(out, "table6", df6, sweep_report.table6_markdown(df6, model, headline, sizes, missing6))
+    _write_sweep(out, "table6", df6, sweep_report.table6_markdown(df6, model, headline, sizes, missing6), model)
 
     missing7: list[str] = []
     thresholds = _with(r.cfg.analysis.paper_thresholds, head.threshold)
@@ -173,7 +215,7 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
         row.update({f"{corpus}_ppl": p["ppl"] for corpus, p in ppl.items()})
         rows5.append({**row, **sweep_report.rates(c)})
     df5 = sweep_report.table5(rows5)
-    _write_sweep(out, "table5", df5, sweep_report.table5_markdown(df5, model, headline, sizes, missing5))
+    _write_sweep(out, "table5", df5, sweep_report.table5_markdown(df5, model, headline, sizes, missing5), model)
 
 
 def _segment_methods(r: Run, head) -> list[tuple[str, Method]]:
@@ -189,11 +231,23 @@ def _segment_methods(r: Run, head) -> list[tuple[str, Method]]:
     return out
 
 
-def _write_sweep(out: Path, name: str, df: pd.DataFrame, markdown: str) -> None:
+def _write_sweep(out: Path, name: str, df: pd.DataFrame, markdown: str, model: str) -> None:
     if len(df):
         write_table(out, name, _merged(out / f"{name}.csv", df), markdown)
-    else:
-        log.warning("report: no %s column generated yet (make sweeps)", name)
+        return
+    # No column of this model yet (make sweeps): its page says so, and a table built before (an earlier organism)
+    # does not stay behind as if it were this one's.
+    log.warning("report: no %s column generated yet (make sweeps)", name)
+    write_text_atomic(out / f"{name}.md", markdown)
+    csv = out / f"{name}.csv"
+    if csv.is_file():
+        old = pd.read_csv(csv)
+        rest = old[old["model"] != model] if "model" in old.columns else old.iloc[0:0]
+        if len(rest):
+            write_table(out, name, rest, markdown)
+        else:
+            csv.unlink()
+            (out / f"{name}.tex").unlink(missing_ok=True)
 
 
 INDEX_ORDER = (
@@ -201,7 +255,8 @@ INDEX_ORDER = (
     ("table4", "Table 4: cost"), ("table5", "Table 5: steering layers"), ("table6", "Table 6: multiplier α"),
     ("table7", "Table 7: threshold 𝒯"),
     ("methods", "The methods of Table 2"), ("organism", "The model organism"),
-    ("tuning", "The tuned row's validation record"),
+    ("tuning", "The tuned rows' validation record"), ("classifiers", "Harm classifiers (Figures 4-5)"),
+    ("disjointness", "Disjointness"),
 )  # fmt: skip
 FIGURES = (("figure4.png", "Figure 4"), ("figure5.png", "Figure 5"), ("refusal_score.png", "Refusal score per layer"))
 
@@ -232,8 +287,30 @@ def _merged(path: Path, new: pd.DataFrame) -> pd.DataFrame:
     return new
 
 
+def _not_yet(out: Path, name: str, title: str, command: str, model: str) -> None:
+    """A table whose stage has not run for this model: its page says so, and rows of an earlier build are dropped."""
+    log.warning("report: %s has not been computed for %s (%s)", name, model, command)
+    md = f"# {title}\n\nNot computed for `{model}` yet: `{command}` (part of `make reproduce`), then `stage=report`.\n"
+    _write_sweep(out, name, pd.DataFrame(), md, model)
+
+
 def capability_tables(r: Run, out: Path) -> None:
-    """Tables 3 and 4 (computed by the `capability` and `cost` stages, or now if they have not run)."""
+    """Tables 3 and 4 from the `capability` and `cost` stages' artifacts; a table whose stage has not run is listed as
+    not computed (`stage=all` runs both before the report)."""
+    c = r.cfg.capability
+    if not capability.complete(r):
+        _not_yet(out, "table3", "Table 3: capability", "python -m scans stage=capability", r.model_name)
+    else:
+        _table3(r, out)
+    if not cost.complete(r):
+        _not_yet(out, "table4", "Table 4: cost", "python -m scans stage=cost", r.model_name)
+        return
+    result = cost.run(r)
+    merged4 = _merged(out / "table4.csv", table4(result["rows"]))
+    write_table(out, "table4", merged4, table4_markdown(result, c.cost.max_new_tokens, c.cost.prompt_tokens))
+
+
+def _table3(r: Run, out: Path) -> None:
     c = r.cfg.capability
     rows = capability.run(r)
     df = table3(rows)
@@ -250,7 +327,4 @@ def capability_tables(r: Run, out: Path) -> None:
     }
     md = table3_markdown(df, sizes, default.get("crosscheck"), methods.headline(r).name)
     write_table(out, "table3", merged3, md, "%.3f")
-    result = cost.run(r)
-    merged4 = _merged(out / "table4.csv", table4(result["rows"]))
-    write_table(out, "table4", merged4, table4_markdown(result, c.cost.max_new_tokens, c.cost.prompt_tokens))
     print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))

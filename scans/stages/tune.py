@@ -19,9 +19,10 @@ from scans import methods
 from scans.artifacts import read_json, stable_hash, write_json
 from scans.config import parse_layers
 from scans.data import BENIGN, HARMFUL, evaluation_sets
+from scans.errors import ConfigError
 from scans.judge import get_judge
 from scans.methods import Default
-from scans.methods.scans import Scans
+from scans.methods.scans import Scans, ScansClassifier
 from scans.stages import classify, steer
 from scans.stages.context import Run, prompts_hash
 from scans.steering import harm_similarity
@@ -31,17 +32,30 @@ log = logging.getLogger(__name__)
 STAGE = "tune"
 CHOICE = "tuned.json"
 METHOD = "SCANS (tuned)"
+CLASSIFIER_KEYS = ("compare", "use", "anchor_sets", "anchor_size", "anchor_seed", "probe", "gradsafe")
 
 
 def _validation(r: Run) -> dict:
-    return evaluation_sets(list(r.cfg.tune.validation_sets), None, r.cfg.seed, None)
+    """The validation split: each set less what the disjointness rule removes (an exact or near duplicate of a
+    reported or held-back prompt: 11 + 6 JBB goals are AdvBench's, 10 + 3 OKTest held-out prompts OKTest's)."""
+    from scans.data.overlap import rule
+
+    block = rule(r.cfg, learned=False)
+    sets = evaluation_sets(list(r.cfg.tune.validation_sets), None, r.cfg.seed, None)
+    return {name: [prompts[i] for i in block.check([p.text for p in prompts]).kept] for name, prompts in sets.items()}
+
+
+validation = _validation
 
 
 def key(r: Run) -> str:
     t = OmegaConf.to_container(r.cfg.tune, resolve=True)
     sets = {name: prompts_hash(p) for name, p in _validation(r).items()}
+    c = OmegaConf.to_container(r.cfg.classify, resolve=True)
+    classifiers = {k: c[k] for k in CLASSIFIER_KEYS}
     return stable_hash(
-        {"tune": t, "sets": sets, "extract": r.extract_key, "model": r.model_identity, "judge": r.cfg.judge.name,
+        {"tune": t, "sets": sets, "classifiers": classifiers, "overlap": r.overlap_inputs,
+         "extract": r.extract_key, "model": r.model_identity, "judge": r.cfg.judge.name,
          "positions": r.cfg.steer.positions, "normalize": bool(r.cfg.steer.normalize),
          "generation": OmegaConf.to_container(r.cfg.generation, resolve=True)}  # fmt: skip
     )
@@ -71,6 +85,37 @@ def validation_behaviour(r: Run, method, coefficients=None) -> dict:
         rates[lab] = float(np.mean([judge(row["response"]) for row in responses]))
     rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
     return rates
+
+
+def compare(r: Run, sets: dict) -> list[dict]:
+    """Every classifier x anchor set of `classify.compare` on the validation split: its per-layer AUROC, the window 𝓛
+    with the best AUROC and the threshold 𝒯 with the best balanced accuracy for it."""
+    items = [p for prompts in sets.values() for p in prompts]
+    harmful = [p.label == HARMFUL for p in items]
+    out = []
+    for kind, anchor_sets in r.cfg.classify.compare.items():
+        for anchors in anchor_sets:
+            scores = torch.cat([classify.scores(r, kind, anchors, name, prompts) for name, prompts in sets.items()])
+            layers, auroc = best_window(scores, harmful, list(r.cfg.tune.classify_window_sizes))
+            threshold, bacc = best_threshold(harm_similarity(scores, layers), harmful)
+            out.append({
+                "kind": kind, "anchors": anchors, "layers": layers, "threshold": threshold, "auroc": auroc,
+                "balanced_accuracy": bacc, "per_layer_auroc": [float(a) for a in layer_auroc(scores, harmful)],
+                "fit": classify.fitted(r, kind, anchors)["summary"],
+            })  # fmt: skip
+            log.info("tune: %s/%s validation AUROC %.3f on layers %s", kind, anchors, auroc, layers)
+    return out
+
+
+def pick(rows: list[dict], use: str) -> dict:
+    """The classifier `use` names: `best` (highest validation AUROC, the first on ties), a kind (its best anchor
+    set) or kind/anchors."""
+    kind, _, anchors = use.partition("/")
+    chosen = [c for c in rows if use == "best" or (c["kind"] == kind and (not anchors or c["anchors"] == anchors))]
+    if not chosen:
+        known = ", ".join(f"{c['kind']}/{c['anchors']}" for c in rows)
+        raise ConfigError(f"classify.use={use!r} names no classifier of classify.compare ({known})")
+    return max(chosen, key=lambda c: c["auroc"])
 
 
 def run(r: Run) -> dict | None:
@@ -112,6 +157,26 @@ def run(r: Run) -> dict | None:
             grid.append({"alpha": float(alpha), "steer_layers": list(layers), **behaviour(m)})
             log.info("tune: α=%s layers=%s -> %s", alpha, spec, grid[-1])
     best, cap_met = select_setting(grid, default[HARMFUL], t.max_harmful_drop)
+
+    # The same grid for the steering with the signs of the chosen classifier (the "SCANS + classifier" row).
+    compared = compare(r, sets)
+    chosen = pick(compared, r.cfg.classify.use)
+    scores = torch.cat(
+        [classify.scores(r, chosen["kind"], chosen["anchors"], name, prompts) for name, prompts in sets.items()]
+    )
+    cls_grid = []
+    for spec in t.steer_layers:
+        layers = tuple(parse_layers(spec, r.num_layers, "tune.steer_layers"))
+        for alpha in t.alphas:
+            m = ScansClassifier(
+                "SCANS + classifier", float(alpha), layers, tuple(chosen["layers"]), chosen["threshold"], True,
+                r.cfg.steer.positions, bool(r.cfg.steer.normalize), r.cfg.classify.response, r.cfg.classify.use,
+                chosen["kind"], chosen["anchors"],
+            )  # fmt: skip
+            coefs = {lab: m.signs(scores[idx]).float() * m.alpha for lab, idx in subset.items()}
+            cls_grid.append({"alpha": float(alpha), "steer_layers": list(layers), **validation_behaviour(r, m, coefs)})
+            log.info("tune: %s/%s α=%s layers=%s -> %s", chosen["kind"], chosen["anchors"], alpha, spec, cls_grid[-1])
+    cls_best, cls_cap_met = select_setting(cls_grid, default[HARMFUL], t.max_harmful_drop)
     choice = {
         "alpha": best["alpha"],
         "steer_layers": best["steer_layers"],
@@ -128,6 +193,15 @@ def run(r: Run) -> dict | None:
             "max_harmful_drop": t.max_harmful_drop,
             "cap_met": cap_met,
             "grid": grid,
+        },
+        "classifiers": compared,
+        "classifier": {
+            **{k: chosen[k] for k in ("kind", "anchors", "layers", "threshold", "auroc", "balanced_accuracy")},
+            "use": r.cfg.classify.use,
+            "alpha": cls_best["alpha"],
+            "steer_layers": cls_best["steer_layers"],
+            "cap_met": cls_cap_met,
+            "grid": cls_grid,
         },
     }
     with r.store.writing(r.model_name, STAGE, k, {"key": k}) as tmp:
