@@ -237,7 +237,7 @@ def _write_sweep(out: Path, name: str, df: pd.DataFrame, markdown: str, model: s
         return
     # No column of this model yet (make sweeps): its page says so, and a table built before (an earlier organism)
     # does not stay behind as if it were this one's.
-    log.warning("report: no %s column generated yet (make sweeps)", name)
+    log.warning("report: %s has nothing for %s yet (its page says what to run)", name, model)
     write_text_atomic(out / f"{name}.md", markdown)
     csv = out / f"{name}.csv"
     if csv.is_file():
@@ -289,7 +289,6 @@ def _merged(path: Path, new: pd.DataFrame) -> pd.DataFrame:
 
 def _not_yet(out: Path, name: str, title: str, command: str, model: str) -> None:
     """A table whose stage has not run for this model: its page says so, and rows of an earlier build are dropped."""
-    log.warning("report: %s has not been computed for %s (%s)", name, model, command)
     md = f"# {title}\n\nNot computed for `{model}` yet: `{command}` (part of `make reproduce`), then `stage=report`.\n"
     _write_sweep(out, name, pd.DataFrame(), md, model)
 

@@ -35,7 +35,7 @@ METHOD = "SCANS (tuned)"
 CLASSIFIER_KEYS = ("compare", "use", "anchor_sets", "anchor_size", "anchor_seed", "probe", "gradsafe")
 
 
-def _validation(r: Run) -> dict:
+def validation(r: Run) -> dict:
     """The validation split: each set less what the disjointness rule removes (an exact or near duplicate of a
     reported or held-back prompt: 11 + 6 JBB goals are AdvBench's, 10 + 3 OKTest held-out prompts OKTest's)."""
     from scans.data.overlap import rule
@@ -45,12 +45,9 @@ def _validation(r: Run) -> dict:
     return {name: [prompts[i] for i in block.check([p.text for p in prompts]).kept] for name, prompts in sets.items()}
 
 
-validation = _validation
-
-
 def key(r: Run) -> str:
     t = OmegaConf.to_container(r.cfg.tune, resolve=True)
-    sets = {name: prompts_hash(p) for name, p in _validation(r).items()}
+    sets = {name: prompts_hash(p) for name, p in validation(r).items()}
     c = OmegaConf.to_container(r.cfg.classify, resolve=True)
     classifiers = {k: c[k] for k in CLASSIFIER_KEYS}
     return stable_hash(
@@ -75,7 +72,7 @@ def generation_subset(r: Run, items: list) -> dict[str, list[int]]:
 def validation_behaviour(r: Run, method, coefficients=None) -> dict:
     """Refusal rates of a method on the validation generation subset, per label, and their balanced accuracy.
     `coefficients` (label -> per-prompt values) may be given when already at hand."""
-    items = [p for prompts in _validation(r).values() for p in prompts]
+    items = [p for prompts in validation(r).values() for p in prompts]
     judge = get_judge(r.cfg.judge.name)
     rates = {}
     for lab, idx in generation_subset(r, items).items():
@@ -125,7 +122,7 @@ def run(r: Run) -> dict | None:
     if r.store.is_complete(r.model_name, STAGE, k):
         return read_json(r.store.path(r.model_name, STAGE, k) / CHOICE)
     t = r.cfg.tune
-    sets = _validation(r)
+    sets = validation(r)
     layer_sims = torch.cat([classify.similarities(r, name, prompts) for name, prompts in sets.items()])
     items = [p for prompts in sets.values() for p in prompts]
     harmful = [p.label == HARMFUL for p in items]
