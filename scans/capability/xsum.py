@@ -27,16 +27,17 @@ def prompt(document: str) -> str:
     return PROMPT.format(document=document)
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F1 (×100) with stemming."""
+def rouge_per_document(predictions: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:
+    """ROUGE-1/2/L F1 (×100, stemmed) of each document."""
     from rouge_score import rouge_scorer
 
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for pred, ref in zip(predictions, references):
-        scores = scorer.score(ref, pred)
-        for t in ROUGE_TYPES:
-            totals[t] += scores[t].fmeasure
-    return {t: 100.0 * v / len(predictions) for t, v in totals.items()}
+    scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
+    return {t: [100.0 * s[t].fmeasure for s in scores] for t in ROUGE_TYPES}
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 (×100) with stemming."""
+    return {t: sum(v) / len(v) for t, v in rouge_per_document(predictions, references).items()}

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from scans.analysis.classifiers import TABLE7_SETS
-from scans.report.table2 import SAFE, correct_rate
+from scans.report.table2 import SAFE, correct_rate, intervals
+from scans.report.uncertainty import interval
 
 XSTEST = ("xstest_safe", "xstest_unsafe")
 # Tables 6-7 row order (reference §3.10-3.11); Avg. is pooled over these six sets (RepE excluded), as in the paper.
@@ -61,6 +62,15 @@ def rates(counts: Mapping[str, tuple[int, int]]) -> dict:
     row["xstest_avg"] = correct_rate(counts, XSTEST)
     row["avg"] = correct_rate(counts, SETS)
     return row
+
+
+def intervals_markdown(labelled: Sequence[tuple[str, Mapping[str, tuple[int, int]]]]) -> str:
+    """The 95% Wilson interval (%) of every rate of a sweep table: one column per value, one row per set."""
+    if not labelled:
+        return ""
+    cols = {label: {c: interval(*ci) for c, ci in intervals(counts, [*SETS, "xstest_avg", "avg"]).items()}
+            for label, counts in labelled}  # fmt: skip
+    return "\n95% Wilson intervals (%) of the rates above:\n\n" + pd.DataFrame(cols).to_markdown() + "\n"
 
 
 def table5(rows: Sequence[dict]) -> pd.DataFrame:

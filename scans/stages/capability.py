@@ -14,7 +14,7 @@ import random
 from omegaconf import OmegaConf
 
 from scans import methods as methods_lib
-from scans.artifacts import read_json, stable_hash, write_json, write_jsonl
+from scans.artifacts import read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from scans.capability import mmlu as mmlu_lib
 from scans.capability import perplexity as ppl_lib
 from scans.capability import xsum as xsum_lib
@@ -136,6 +136,29 @@ def perplexity(r: Run, method: Method, corpus: str) -> dict:
     )
     rows = [{"nll": n, "coefficient": None if coefs is None else float(coefs[i])} for i, n in enumerate(nlls)]
     return _save(r, k, method, {"ppl": ppl_lib.perplexity(nlls), "n": len(ws), "window": c.window}, rows)
+
+
+def items(r: Run, method: Method) -> dict[str, list[float]]:
+    """Per-item scores behind a Table 3 row, in a fixed item order shared by every method: MMLU correctness (0/1,
+    by category and over all questions), ROUGE per document, the negative log-likelihood per perplexity window."""
+    out: dict[str, list[float]] = {}
+    for corpus in CORPORA:
+        out[f"{corpus}_nll"] = [row["nll"] for row in _rows(r, _perplexity_key(r, method, corpus))]
+    xs = _rows(r, _xsum_inputs(r, method)[2])
+    for t, v in xsum_lib.rouge_per_document([x["prediction"] for x in xs], [x["summary"] for x in xs]).items():
+        out[t] = v
+    mm = _rows(r, _mmlu_key(r, method))
+    out["mmlu_avg"] = [float(q["prediction"] == q["answer"]) for q in mm]
+    for category in mmlu_lib.CATEGORIES:
+        out[f"mmlu_{category}"] = [
+            float(q["prediction"] == q["answer"]) for q in mm if mmlu_lib.CATEGORY[q["subject"]] == category
+        ]
+    return out
+
+
+def _rows(r: Run, k: str) -> list[dict]:
+    path = r.store.require(r.model_name, STAGE, k, "python -m scans stage=capability")
+    return read_jsonl(path / "rows.jsonl")
 
 
 def table3_row(r: Run, method: Method) -> dict:

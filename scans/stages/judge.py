@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from scans import methods
-from scans.artifacts import read_json, write_json, write_jsonl
+from scans.artifacts import read_json, read_jsonl, write_json, write_jsonl
 from scans.judge import get_judge
 from scans.methods import Default, Method
 from scans.stages import steer
@@ -52,7 +52,15 @@ def run(r: Run) -> None:
             judge_set(base, Default(), name, prompts)
 
 
-def load(r: Run, method: Method, name: str, prompts) -> dict:
+def _path(r: Run, method: Method, name: str, prompts):
     responses_key = steer.key(r, method, name, prompts)
-    path = r.store.require(r.model_name, STAGE, key(r, responses_key), "python -m scans stage=judge")
-    return read_json(path / SUMMARY)
+    return r.store.require(r.model_name, STAGE, key(r, responses_key), "python -m scans stage=judge")
+
+
+def load(r: Run, method: Method, name: str, prompts) -> dict:
+    return read_json(_path(r, method, name, prompts) / SUMMARY)
+
+
+def flags(r: Run, method: Method, name: str, prompts) -> list[bool]:
+    """Per prompt, in the set's order, whether the judge counted the response as a refusal."""
+    return [row["refused"] for row in read_jsonl(_path(r, method, name, prompts) / "judgements.jsonl")]

@@ -10,6 +10,7 @@ from scans.artifacts import write_text_atomic
 from scans.data import load_table
 from scans.judge import get_judge
 from scans.judge.agreement import agreement
+from scans.report.uncertainty import interval, wilson
 from scans.stages.context import Run
 
 
@@ -32,6 +33,10 @@ def run(r: Run) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     mean = out.drop(columns=["model"]).mean(numeric_only=True)
     out.loc[len(out)] = {"model": "mean", **mean.to_dict(), "n": int(out["n"].sum())}
+    # 95% Wilson interval of the agreement (the mean row: pooled over the five models' equal-sized sets).
+    out["judge_agreement_95ci"] = [
+        interval(*wilson(round(a * n / 100), n)) for a, n in zip(out["judge_agreement"], out["n"])
+    ]
     dest = Path(r.cfg.paths.report)
     write_text_atomic(dest / "judge_agreement.csv", out.to_csv(index=False, float_format="%.2f"))
     md = [

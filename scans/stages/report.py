@@ -2,8 +2,12 @@
 for the organism its behaviour against the targets and the tuned row's validation record. Tables 5-7's refusal
 rates come from the `sweep` stage (`make sweeps`); a column that has not been generated is listed as missing.
 
-Each CSV keeps one block of rows per model: rerunning the report for one model replaces that model's rows and
-keeps the others (each block was built from its own model's artifacts).
+Each model has its own folder, `<paths.report>/<model name>/`, rewritten whole from that model's artifacts; the
+report root holds one index over every model's folder (and the judge's agreement with human labels, which is no
+model's). A run for one model leaves every other model's pages alone.
+
+Every rate carries its 95% Wilson interval, every difference from Default a paired bootstrap interval over the
+same prompts, and every target check says met, missed or not resolved at this size (`scans.report.uncertainty`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,16 @@ from scans.report.capability import table3, table3_markdown, table4, table4_mark
 from scans.report.classifiers import classifiers_markdown, classifiers_table, disjointness_markdown
 from scans.report.methods import methods_markdown, methods_table
 from scans.report.organism import organism_markdown, organism_table
-from scans.report.table2 import table2, table2_row, to_markdown
+from scans.report.table2 import (
+    COLUMNS,
+    differences,
+    differences_table,
+    intervals,
+    table2,
+    table2_row,
+    to_markdown,
+    with_intervals,
+)
 from scans.report.tuning import tuning_markdown
 from scans.stages import (
     align,
@@ -55,16 +68,26 @@ def counts(r: Run, method: Method, sets) -> dict[str, tuple[int, int]]:
     return out
 
 
+def flags(r: Run, method: Method, sets) -> dict[str, list[bool]]:
+    return {name: judge.flags(r, method, name, r.eval_sets[name]) for name in sets}
+
+
+def model_folder(r: Run) -> Path:
+    return Path(r.cfg.paths.report) / r.model_name
+
+
 def run(r: Run) -> Path:
     missing = [s for s in TABLE2_SETS if s not in r.eval_sets]
     if missing:
         raise ConfigError(f"Table 2 needs data.eval_sets to include {', '.join(missing)}")
-    out = Path(r.cfg.paths.report)
+    out = model_folder(r)
     listed = methods.rows(r)
-    rows = [table2_row(r.model_name, m.name, counts(r, m, TABLE2_SETS)) for m in listed]
-    df = _merged(out / "table2.csv", table2(rows))
+    tallies = [counts(r, m, TABLE2_SETS) for m in listed]
+    df = table2([table2_row(r.model_name, m.name, c) for m, c in zip(listed, tallies)])
+    full = with_intervals(df, [intervals(c, COLUMNS[2:]) for c in tallies])
     sizes = {name: len(r.eval_sets[name]) for name in TABLE2_SETS}
-    write_table(out, "table2", df, "# Table 2: refusal rate (%)\n\n" + to_markdown(df, sizes))
+    md = "# Table 2: refusal rate (%)\n\n" + to_markdown(full, sizes, _differences(r, listed))
+    write_table(out, "table2", full, md, tex=df)
     print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     prepared = [(m.name, type(m).__name__, m.prepare(r)) for m in listed]  # cached artifacts (stage=prepare)
     o = r.cfg.overlap
@@ -88,16 +111,28 @@ def run(r: Run) -> Path:
     )
     capability_tables(r, out)
     analysis_outputs(r, out)
-    write_text_atomic(out / "index.md", index_page(out))
+    write_text_atomic(out / "index.md", index_page(out, r.model_name))
+    write_text_atomic(out.parent / "index.md", root_index(out.parent))
     log.info("report: wrote %s", out)
     return out
 
 
-def write_table(out: Path, name: str, df: pd.DataFrame, markdown: str, float_format: str = "%.2f") -> None:
-    """`name`.md (the given text), `name`.csv and `name`.tex (the table alone)."""
+def _differences(r: Run, listed: list[Method]) -> pd.DataFrame:
+    """Each row's difference from Default (the unsteered model on the same prompts), with paired intervals."""
+    default = flags(r, Default(), TABLE2_SETS)
+    return differences_table(
+        [(m.name, differences(flags(r, m, TABLE2_SETS), default, COLUMNS[2:])) for m in listed if m.name != "Default"]
+    )
+
+
+def write_table(
+    out: Path, name: str, df: pd.DataFrame, markdown: str, float_format: str = "%.2f", tex: pd.DataFrame | None = None
+) -> None:
+    """`name`.md (the given text), `name`.csv and `name`.tex (the table alone, or `tex` where given)."""
     write_text_atomic(out / f"{name}.md", markdown)
     write_text_atomic(out / f"{name}.csv", df.to_csv(index=False, float_format=float_format))
-    write_text_atomic(out / f"{name}.tex", df.to_latex(index=False, float_format=float_format, escape=True))
+    tex = df if tex is None else tex
+    write_text_atomic(out / f"{name}.tex", tex.to_latex(index=False, float_format=float_format, escape=True))
 
 
 def analysis_outputs(r: Run, out: Path) -> None:
@@ -177,22 +212,26 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
     model = r.model_name
 
     missing6: list[str] = []
-    rows6 = []
+    rows6, ci6 = [], []
     for a in _with(r.cfg.sweep.alphas, head.alpha):
         if (c := _sweep_counts(r, sweep.method(r, "alpha", a))) is None:
             missing6.append(f"α={a:g}")
         else:
             rows6.append({"model": model, "alpha": a, **sweep_report.rates(c)})
+            ci6.append((f"α={a:g}", c))
     df6 = sweep_report.table6(rows6)
-    _write_sweep(out, "table6", df6, sweep_report.table6_markdown(df6, model, headline, sizes, missing6), model)
+    md6 = sweep_report.table6_markdown(df6, model, headline, sizes, missing6) + sweep_report.intervals_markdown(ci6)
+    _write_sweep(out, "table6", df6, md6, model)
 
     missing7: list[str] = []
     thresholds = _with(r.cfg.analysis.paper_thresholds, head.threshold)
-    rows7 = []
+    rows7, ci7 = [], []
     for t in thresholds:
         c = _sweep_counts(r, sweep.method(r, "threshold", t))
         if c is None:
             missing7.append(f"𝒯={t:g}")
+        else:
+            ci7.append((f"𝒯={t:g}", c))
         f1 = grid.loc[(grid["threshold"] - t).abs() < 1e-9, "xstest_f1"].iloc[0]
         rows7.append({"model": model, "threshold": t, **(sweep_report.rates(c) if c else {}), "xstest_f1": f1})
     df7 = sweep_report.table7(rows7)
@@ -201,10 +240,10 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
         df7.dropna(subset=["avg"]), shares, grid, model, headline, span(head.classify_layers), sizes, missing7,
         threshold_source,
     )  # fmt: skip
-    write_table(out, "table7", _merged(out / "table7.csv", df7), md, "%.4g")  # 𝒯 = 0.9186, not 0.92
+    write_table(out, "table7", df7, md + sweep_report.intervals_markdown(ci7), "%.4g")  # 𝒯 = 0.9186, not 0.92
 
     missing5: list[str] = []
-    rows5 = []
+    rows5, ci5 = [], []
     for label, m in _segment_methods(r, head):
         c = _sweep_counts(r, m)
         ppl = {corpus: capability.cached_perplexity(r, m, corpus) for corpus in capability.CORPORA}
@@ -214,8 +253,10 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
         row = {"model": model, "segment": label, "layers": span(m.steer_layers)}
         row.update({f"{corpus}_ppl": p["ppl"] for corpus, p in ppl.items()})
         rows5.append({**row, **sweep_report.rates(c)})
+        ci5.append((label, c))
     df5 = sweep_report.table5(rows5)
-    _write_sweep(out, "table5", df5, sweep_report.table5_markdown(df5, model, headline, sizes, missing5), model)
+    md5 = sweep_report.table5_markdown(df5, model, headline, sizes, missing5) + sweep_report.intervals_markdown(ci5)
+    _write_sweep(out, "table5", df5, md5, model)
 
 
 def _segment_methods(r: Run, head) -> list[tuple[str, Method]]:
@@ -233,21 +274,14 @@ def _segment_methods(r: Run, head) -> list[tuple[str, Method]]:
 
 def _write_sweep(out: Path, name: str, df: pd.DataFrame, markdown: str, model: str) -> None:
     if len(df):
-        write_table(out, name, _merged(out / f"{name}.csv", df), markdown)
+        write_table(out, name, df, markdown)
         return
     # No column of this model yet (make sweeps): its page says so, and a table built before (an earlier organism)
     # does not stay behind as if it were this one's.
     log.warning("report: %s has nothing for %s yet (its page says what to run)", name, model)
     write_text_atomic(out / f"{name}.md", markdown)
-    csv = out / f"{name}.csv"
-    if csv.is_file():
-        old = pd.read_csv(csv)
-        rest = old[old["model"] != model] if "model" in old.columns else old.iloc[0:0]
-        if len(rest):
-            write_table(out, name, rest, markdown)
-        else:
-            csv.unlink()
-            (out / f"{name}.tex").unlink(missing_ok=True)
+    for suffix in ("csv", "tex"):
+        (out / f"{name}.{suffix}").unlink(missing_ok=True)
 
 
 INDEX_ORDER = (
@@ -261,9 +295,10 @@ INDEX_ORDER = (
 FIGURES = (("figure4.png", "Figure 4"), ("figure5.png", "Figure 5"), ("refusal_score.png", "Refusal score per layer"))
 
 
-def index_page(out: Path) -> str:
-    """Every table (each with the paper's Llama-2-7b-chat numbers beside ours) and figure of the report, in order."""
-    parts = ["# SCANS replication report", "", "Each table is followed by the paper's numbers for Llama-2-7b-chat.", ""]
+def index_page(out: Path, model: str) -> str:
+    """Every table (each with the paper's Llama-2-7b-chat numbers beside ours) and figure of one model, in order."""
+    parts = [f"# SCANS replication report: `{model}`", "",
+             "Each table is followed by the paper's numbers for Llama-2-7b-chat.", ""]  # fmt: skip
     for name, title in INDEX_ORDER:
         path = out / f"{name}.md"
         if path.is_file():
@@ -278,13 +313,15 @@ def index_page(out: Path) -> str:
     return "\n".join(parts)
 
 
-def _merged(path: Path, new: pd.DataFrame) -> pd.DataFrame:
-    """Replace this model's rows of a committed table, keep the other models' rows."""
-    if path.is_file():
-        old = pd.read_csv(path)
-        if list(old.columns) == list(new.columns):
-            new = pd.concat([old[old["model"] != new["model"].iloc[0]], new], ignore_index=True)
-    return new
+def root_index(root: Path) -> str:
+    """One page over every model's folder under the report root (each folder's own index has its tables)."""
+    parts = ["# SCANS replication report", "", "One folder per model, each built from that model's artifacts alone.", ""]
+    for folder in sorted(p for p in root.iterdir() if (p / "index.md").is_file()):
+        present = [title for name, title in INDEX_ORDER if (folder / f"{name}.md").is_file()]
+        parts.append(f"- [`{folder.name}`]({folder.name}/index.md): {len(present)} pages ({', '.join(present)})")
+    if (root / "judge_agreement.md").is_file():
+        parts += ["", "The judge against human labels (no model): [judge_agreement.md](judge_agreement.md)."]
+    return "\n".join(parts) + "\n"
 
 
 def _not_yet(out: Path, name: str, title: str, command: str, model: str) -> None:
@@ -305,15 +342,13 @@ def capability_tables(r: Run, out: Path) -> None:
         _not_yet(out, "table4", "Table 4: cost", "python -m scans stage=cost", r.model_name)
         return
     result = cost.run(r)
-    merged4 = _merged(out / "table4.csv", table4(result["rows"]))
-    write_table(out, "table4", merged4, table4_markdown(result, c.cost.max_new_tokens, c.cost.prompt_tokens))
+    write_table(out, "table4", table4(result["rows"]), table4_markdown(result, c.cost.max_new_tokens, c.cost.prompt_tokens))
 
 
 def _table3(r: Run, out: Path) -> None:
     c = r.cfg.capability
     rows = capability.run(r)
     df = table3(rows)
-    merged3 = _merged(out / "table3.csv", df)
     per_subject = "all" if c.mmlu.per_subject is None else f"{c.mmlu.per_subject} per subject"
     default = capability.mmlu(r, Default())
     sizes = {
@@ -324,6 +359,7 @@ def _table3(r: Run, out: Path) -> None:
         f"(C4 seed {c.perplexity.c4_seed})",
         "SCANS row": methods.headline(r).name,
     }
-    md = table3_markdown(df, sizes, default.get("crosscheck"), methods.headline(r).name)
-    write_table(out, "table3", merged3, md, "%.3f")
+    items = {m.name: capability.items(r, m) for m in capability.methods(r)}
+    md = table3_markdown(df, sizes, default.get("crosscheck"), methods.headline(r).name, items)
+    write_table(out, "table3", df, md, "%.3f")
     print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
