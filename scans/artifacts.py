@@ -3,7 +3,10 @@
 Layout: `<root>/<model name>/<stage>/<key>/`, where key is a short hash of every input that matters to that stage
 (upstream keys included), so a changed hyperparameter gives a new folder and an unchanged one is reused. A folder
 is complete iff its `provenance.json` exists: it is written last, inside a temporary folder that is renamed into
-place, so an interrupted run leaves nothing that looks finished.
+place, so an interrupted run leaves nothing that looks finished. A process killed mid-write leaves only a hidden
+`.<key>.<host>-<pid>-*.tmp` folder beside the target, which the next write of that target removes once its owner is
+gone. A folder that is complete but whose files are damaged (a disk filled up, a file edited by hand) fails on
+reading with one line that names the file and the command that rebuilds it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import hashlib
 import json
 import os
 import platform
+import re
+import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -24,7 +30,7 @@ from typing import Any
 import torch
 
 from scans import __version__
-from scans.errors import ArtifactError
+from scans.errors import ArtifactError, MissingArtifactError
 
 PROVENANCE = "provenance.json"
 
@@ -60,20 +66,60 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _owner_tag() -> str:
+    """`<host hash>-<pid>`: the writer of a temporary folder, so a later run can tell whether it is still alive."""
+    return f"{stable_hash(socket.gethostname(), 8)}-{os.getpid()}"
+
+
+def _owner_alive(host: str, pid: int) -> bool:
+    if host != stable_hash(socket.gethostname(), 8):
+        return True  # another machine's writer (a shared filesystem): never ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: a live process of another user
+        return True
+    return True
+
+
+def remove_stale_tmp(target: Path) -> list[Path]:
+    """Remove the temporary folders beside `target` left by writers of it that were killed (on this machine)."""
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.([0-9a-f]{{8}})-(\d+)-[^.]*\.tmp$")
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for entry in target.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not _owner_alive(match.group(1), int(match.group(2))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; rename it to `target` only if the block succeeds."""
+    """Yield a temporary folder beside `target`; rename it to `target` only if the block succeeds.
+
+    A previous `target` is first renamed aside (never deleted in place, which a kill could leave half done with its
+    provenance still there), and temporary folders of killed writers of the same target are removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_tmp(target)
+    prefix = f".{target.name}.{_owner_tag()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
+    old = None
     try:
         yield tmp
         if target.exists():
-            shutil.rmtree(target)
+            old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
+            os.replace(target, old)
         os.replace(tmp, target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -93,8 +139,50 @@ def write_json(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+# Where a stage's artifacts live under a different name than the stage that writes them.
+_STAGE_OF_FOLDER = {"responses": "steer"}
+
+
+def artifact_folder(path: Path) -> Path | None:
+    """The complete artifact folder (`<root>/<model>/<stage>/<key>/`, with its provenance) that holds `path`."""
+    for parent in Path(path).parents:
+        if (parent / PROVENANCE).is_file():
+            return parent
+    return None
+
+
+def corrupt(path: Path, reason: str) -> ArtifactError:
+    """One line naming the damaged file and the command that rebuilds it (the folder must go first: it looks complete
+    and would be reused)."""
+    path = Path(path)
+    reason = (reason.strip().splitlines() or ["unreadable"])[0]
+    folder = artifact_folder(path)
+    if folder is None:
+        return ArtifactError(f"corrupt artifact {path} ({reason}); delete it and rerun the stage that wrote it")
+    stage = folder.parent.name
+    stage = _STAGE_OF_FOLDER.get(stage, stage)
+    command = f"rm -rf {shlex.quote(str(folder))} && python -m scans stage={stage}"
+    return ArtifactError(f"corrupt artifact {path} ({reason}); rebuild it with: {command}")
+
+
+def _json_reason(exc: ValueError, line: int | None = None) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text at byte {exc.start}"
+    if isinstance(exc, json.JSONDecodeError):
+        where = f"line {line}" if line is not None else f"line {exc.lineno} column {exc.colno}"
+        return f"invalid JSON at {where}: {exc.msg}; truncated?"
+    return str(exc)
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise corrupt(path, _json_reason(exc)) from None
+    except FileNotFoundError:
+        if artifact_folder(path) is None:
+            raise
+        raise corrupt(path, "missing from a complete artifact folder") from None
 
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -102,8 +190,23 @@ def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise corrupt(path, _json_reason(exc)) from None
+    except FileNotFoundError:
+        if artifact_folder(path) is None:
+            raise
+        raise corrupt(path, "missing from a complete artifact folder") from None
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): rows may hold a raw U+2028
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise corrupt(path, _json_reason(exc, number)) from None
+    return rows
 
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
@@ -121,9 +224,17 @@ def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapp
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, RuntimeError) as exc:  # a truncated or overwritten file
+        raise corrupt(path, f"unreadable safetensors: {str(exc).strip() or type(exc).__name__}") from None
+    except FileNotFoundError:
+        if artifact_folder(path) is None:
+            raise
+        raise corrupt(path, "missing from a complete artifact folder") from None
 
 
 class ArtifactStore:
@@ -141,7 +252,7 @@ class ArtifactStore:
     def require(self, model: str, stage: str, key: str, hint: str) -> Path:
         path = self.path(model, stage, key)
         if not (path / PROVENANCE).is_file():
-            raise ArtifactError(f"no {stage} artifact at {path}; run `{hint}` first")
+            raise MissingArtifactError(f"no {stage} artifact at {path}; run `{hint}` first")
         return path
 
     def cached(

@@ -94,8 +94,12 @@ def validate(cfg: DictConfig) -> None:
     parse_layers(cfg.classify.layers, n, "classify.layers")
     if cfg.steer.positions not in POSITION_POLICIES:
         raise ConfigError(f"steer.positions={cfg.steer.positions!r}; expected one of {', '.join(POSITION_POLICIES)}")
+    from scans.models.loading import device_map_of
+
+    device_map_of(cfg.model)  # a bad model.device_map is rejected before any model is loaded
     positive_int(cfg.data.anchors.size, "data.anchors.size")
     positive_int(cfg.data.limit, "data.limit", allow_none=True)
+    positive_int(cfg.tune.get("validation_limit"), "tune.validation_limit", allow_none=True)
     if not cfg.data.eval_sets:
         raise ConfigError("data.eval_sets is empty")
     positive_int(cfg.generation.max_new_tokens, "generation.max_new_tokens")

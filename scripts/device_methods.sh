@@ -4,6 +4,6 @@
 # Run from the repository root on a machine with a GPU, after `make setup` (or with the packages on PYTHONPATH);
 # SCANS_DATA_DIR must hold the prompt sets the disjointness rule reads.
 set -euo pipefail
-python3 -c "import torch; assert torch.cuda.is_available(), 'no GPU'; print(torch.cuda.get_device_name(0))"
-SCANS_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_methods.py \
+"${PY:-python3}" -c "import torch; assert torch.cuda.is_available(), 'no GPU'; print(torch.cuda.get_device_name(0))"
+SCANS_TEST_DEVICE=cuda "${PY:-python3}" -m pytest -q -p no:cacheprovider tests/test_methods.py \
   -k "not disjoint_from_reported_sets and not unknown_method" "$@"

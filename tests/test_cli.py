@@ -1,7 +1,12 @@
-"""Bad input fails with one clear line on stderr and a non-zero exit, before any model is loaded."""
+"""Bad input fails with one clear line on stderr and a non-zero exit, before any model is loaded.
+
+A few cases run `python -m scans` as a real process; the rest call the same entry point in-process (the command
+line in sys.argv, the exit code from SystemExit), which tests the same code without paying for a fresh import of
+torch and transformers in each case."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -29,6 +34,35 @@ def run_cli(*args: str, data_dir: Path | None = None, tmp_path: Path) -> subproc
     )
 
 
+def run_in_process(
+    monkeypatch, capsys, *args: str, tmp_path: Path, data_dir: Path | None = None
+) -> subprocess.CompletedProcess:
+    """The CLI's `main` in this process, as `run_cli` would run it."""
+    from scans import cli
+
+    monkeypatch.setenv("SCANS_ARTIFACTS", str(tmp_path / "artifacts"))
+    if data_dir is not None:
+        monkeypatch.setenv("SCANS_DATA_DIR", str(data_dir))
+    if not any(a.startswith("model=") for a in args):
+        args = ("model=smollm2_135m_instruct", *args)
+    # No job logging: Hydra's dictConfig would reset the handlers the test process's other libraries set up.
+    logs = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
+    monkeypatch.setattr(sys, "argv", ["scans", *args, *logs, f"hydra.run.dir={tmp_path / 'out'}"])
+    capsys.readouterr()
+    # Hydra configures logging for the job (handlers on the captured streams): put the test process's back after.
+    root, handlers, level = logging.getLogger(), logging.getLogger().handlers[:], logging.getLogger().level
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(sys.argv, code, out.out, out.err)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -50,13 +84,13 @@ def test_missing_alignment_data_is_named_for_the_organism(tmp_path):
     assert_one_line_error(proc, str(empty / "safety_tuned_llamas" / "training"))
 
 
-def test_unknown_model_is_rejected(tmp_path):
-    proc = run_cli("model=llama-9", tmp_path=tmp_path)
+def test_unknown_model_is_rejected(tmp_path, monkeypatch, capsys):
+    proc = run_in_process(monkeypatch, capsys, "model=llama-9", tmp_path=tmp_path)
     assert_one_line_error(proc, "unknown model 'llama-9'", "llama2_7b_chat")
 
 
-def test_non_numeric_alpha_is_rejected(tmp_path):
-    proc = run_cli("stage=extract", "steer.alpha=strong", tmp_path=tmp_path)
+def test_non_numeric_alpha_is_rejected(tmp_path, monkeypatch, capsys):
+    proc = run_in_process(monkeypatch, capsys, "stage=extract", "steer.alpha=strong", tmp_path=tmp_path)
     assert_one_line_error(proc, "steer.alpha='strong' is not a number")
 
 
@@ -65,26 +99,26 @@ def test_steering_layer_out_of_range_is_rejected(tmp_path):
     assert_one_line_error(proc, "steer.layers='25-35'", "layer 30 is out of range", "0-29")
 
 
-def test_missing_data_file_names_where_to_put_it(tmp_path, data_dir):
+def test_missing_data_file_names_where_to_put_it(tmp_path, data_dir, monkeypatch, capsys):
     empty = tmp_path / "data"
     empty.mkdir()
-    proc = run_cli("stage=extract", data_dir=empty, tmp_path=tmp_path)
+    proc = run_in_process(monkeypatch, capsys, "stage=extract", data_dir=empty, tmp_path=tmp_path)
     assert_one_line_error(proc, str(empty / "scans" / "AdvBench.csv"))
 
 
-def test_csv_without_expected_column_is_rejected(tmp_path, data_dir):
+def test_csv_without_expected_column_is_rejected(tmp_path, data_dir, monkeypatch, capsys):
     bad = copy_data(data_dir, tmp_path / "data", "scans/AdvBench.csv")
     (bad / "scans" / "AdvBench.csv").write_text("prompt,target\nhello,world\n")
-    proc = run_cli("stage=extract", data_dir=bad, tmp_path=tmp_path)
+    proc = run_in_process(monkeypatch, capsys, "stage=extract", data_dir=bad, tmp_path=tmp_path)
     assert_one_line_error(proc, "goal", "AdvBench.csv")
 
 
-def test_empty_evaluation_set_is_rejected(tmp_path, data_dir):
-    proc = run_cli("stage=classify", "data.eval_sets=[]", tmp_path=tmp_path)
+def test_empty_evaluation_set_is_rejected(tmp_path, data_dir, monkeypatch, capsys):
+    proc = run_in_process(monkeypatch, capsys, "stage=classify", "data.eval_sets=[]", tmp_path=tmp_path)
     assert_one_line_error(proc, "data.eval_sets is empty")
     bad = copy_data(data_dir, tmp_path / "data", "scans/MaliciousInstruct.txt")
     (bad / "scans" / "MaliciousInstruct.txt").write_text("\n")
-    proc = run_cli("stage=classify", data_dir=bad, tmp_path=tmp_path / "second")
+    proc = run_in_process(monkeypatch, capsys, "stage=classify", data_dir=bad, tmp_path=tmp_path / "second")
     assert_one_line_error(proc, "MaliciousInstruct.txt")
 
 
@@ -101,6 +135,6 @@ def test_empty_evaluation_set_is_rejected(tmp_path, data_dir):
         "analysis.segments=[20,10]",
     ],
 )
-def test_other_bad_values_are_rejected(tmp_path, override):
-    proc = run_cli(override, tmp_path=tmp_path)
+def test_other_bad_values_are_rejected(tmp_path, override, monkeypatch, capsys):
+    proc = run_in_process(monkeypatch, capsys, override, tmp_path=tmp_path)
     assert_one_line_error(proc, override.split("=")[0])

@@ -115,6 +115,7 @@ def _gradsafe_by_hand(model, chat, unsafe, safe, queries, gap):
     ref = {n: np.mean([g[n] for g in g_unsafe], axis=0) for n in g_unsafe[0]}
     critical = {}
     for n, r in ref.items():
+
         def gap_of(piece):
             return np.mean([cos(piece(g[n]), piece(r)) for g in g_unsafe]) - np.mean(
                 [cos(piece(g[n]), piece(r)) for g in g_safe]

@@ -219,6 +219,7 @@ def test_self_cd_keeps_ruled_out_tokens_out():
 
 def _released_safedecoding_step(base_logits, expert_logits, alpha, c):
     """The released utils/safe_decoding.py step, written from its description with Python lists and sets."""
+
     def log_softmax(xs):
         m = max(xs)
         z = math.log(sum(math.exp(x - m) for x in xs)) + m

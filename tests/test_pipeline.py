@@ -62,27 +62,39 @@ def finished(tiny_model_dir, tmp_path_factory, data_dir):
     return cfg, tmp
 
 
+def report_dir(tmp):
+    """One folder per model under the report root; the tiny model's config is named `local`."""
+    return tmp / "report" / "local"
+
+
 def test_pipeline_writes_table2_in_the_papers_layout(finished):
     cfg, tmp = finished
-    df = pd.read_csv(tmp / "report" / "table2.csv")
-    assert list(df.columns) == COLUMNS
+    df = pd.read_csv(report_dir(tmp) / "table2.csv")
+    assert list(df.columns)[: len(COLUMNS)] == COLUMNS
     assert df["method"].tolist() == ["Default", "SCANS (paper recipe)"]
     rates = df[COLUMNS[2:]].to_numpy()
     assert ((rates >= 0) & (rates <= 100)).all()
-    assert "Llama2-7b-chat (paper)" in (tmp / "report" / "table2.md").read_text()
+    for c in COLUMNS[2:]:  # each rate inside its Wilson interval
+        assert ((df[f"{c}_lo"] <= df[c] + 1e-9) & (df[c] <= df[f"{c}_hi"] + 1e-9)).all()
+    text = (report_dir(tmp) / "table2.md").read_text()
+    assert "Llama2-7b-chat (paper)" in text and "## Difference from Default" in text
+    assert "[local](local/index.md)" in (tmp / "report" / "index.md").read_text().replace("`", "")
 
 
 def test_pipeline_writes_tables_3_and_4(finished):
     _, tmp = finished
-    t3 = pd.read_csv(tmp / "report" / "table3.csv")
+    t3 = pd.read_csv(report_dir(tmp) / "table3.csv")
     assert list(t3.columns) == TABLE3_COLUMNS and t3["method"].tolist() == ["Default", "SCANS (paper recipe)"]
     assert (t3[["wikitext2_ppl", "c4_ppl"]] > 1).all().all()
     assert t3[TABLE3_COLUMNS[4:]].apply(lambda c: c.between(0, 100)).all().all()
-    t4 = pd.read_csv(tmp / "report" / "table4.csv")
+    t4 = pd.read_csv(report_dir(tmp) / "table4.csv")
     assert list(t4.columns) == TABLE4_COLUMNS and t4["batch"].tolist() == [1, 1, 2, 2]
     assert (t4["tokens_per_s"] > 0).all() and (t4["peak_mem_mb"] > 0).all()
-    text = (tmp / "report" / "table3.md").read_text()
+    text = (report_dir(tmp) / "table3.md").read_text()
     assert "agree on 8 of 8 questions" in text and "(paper)" in text
+    assert "Difference from Default (paired bootstrap" in text and "95% Wilson" in text
+    verdicts = [line.rsplit("**", 2)[-2] for line in text.splitlines() if line.startswith("- ") and "**" in line]
+    assert len(verdicts) == 3 and set(verdicts) <= {"met", "missed", "not resolved at this size"}
 
 
 REPORT_FILES = [
@@ -95,14 +107,14 @@ REPORT_FILES = [
 def test_report_rebuilds_every_table_and_figure_from_artifacts_alone(finished, monkeypatch):
     cfg, tmp = finished
     for name in REPORT_FILES:
-        (tmp / "report" / name).unlink()
+        (report_dir(tmp) / name).unlink()
     monkeypatch.setattr(stage_context, "_MODELS", {})
     monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
     run_stage("report", Run(cfg))
-    assert all((tmp / "report" / name).stat().st_size > 0 for name in REPORT_FILES)
-    index = (tmp / "report" / "index.md").read_text()
+    assert all((report_dir(tmp) / name).stat().st_size > 0 for name in REPORT_FILES)
+    index = (report_dir(tmp) / "index.md").read_text()
     assert "## Table 1" in index and "## Table 7" in index and "![Figure 5](figure5.png)" in index
-    assert "\\begin{tabular}" in (tmp / "report" / "table1.tex").read_text()
+    assert "\\begin{tabular}" in (report_dir(tmp) / "table1.tex").read_text()
 
 
 def test_report_says_which_tables_are_not_computed_yet(finished, monkeypatch, tmp_path):
@@ -115,9 +127,9 @@ def test_report_says_which_tables_are_not_computed_yet(finished, monkeypatch, tm
     try:
         monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
         run_stage("report", Run(cfg))
-        page = (tmp / "report" / "table4.md").read_text()
+        page = (report_dir(tmp) / "table4.md").read_text()
         assert "Not computed for `local` yet: `python -m scans stage=cost`" in page
-        assert not (tmp / "report" / "table4.csv").exists() and (tmp / "report" / "table3.csv").exists()
+        assert not (report_dir(tmp) / "table4.csv").exists() and (report_dir(tmp) / "table3.csv").exists()
     finally:
         shutil.move(str(moved), str(r.store.path(r.model_name, "cost", cost.key(r))))
 
@@ -231,6 +243,12 @@ def test_cached_artifact_is_built_once_and_never_half_written(tmp_path):
 
 
 def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, monkeypatch):
+    """Every prompt the `tune` stage reads (the texts it generates on, the sets whose similarities and classifier
+    scores it asks for, the features computed on the way, the token ids generation is fed) is a validation prompt,
+    and none is in a reported evaluation set: compared by text (and ids), not by set name."""
+    from scans.data import evaluation_sets
+    from scans.models.chat import encode
+
     cfg, tmp = finished
     tuned_cfg = make_cfg(
         tiny_model_dir,
@@ -240,25 +258,70 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
         "tune.steer_layers=[0-1,1-1]",
         "tune.prompts_per_label=2",
         "tune.max_new_tokens=2",
+        "tune.validation_limit=12",  # 48 validation prompts: every classifier is scored on them, GradSafe by backprop
     )
     r = Run(tuned_cfg)
+    validation_texts = {p.text for prompts in tune.validation(r).values() for p in prompts}
+    reported = {p.text for prompts in r.eval_sets.values() for p in prompts}
+    whole = evaluation_sets(list(r.cfg.data.eval_sets), None, r.cfg.data.limit_seed, r.anchors)  # not only `limit`
+    reported |= {p.text for prompts in whole.values() for p in prompts}
+    assert validation_texts and not validation_texts & reported
+    validation_ids = {tuple(encode(r.lm.chat, t).input_ids) for t in validation_texts}
+
     seen = []
-    original = steer.respond
+    read: dict[str, list[str]] = {"respond": [], "similarities": [], "scores": [], "features": [], "anchors": []}
+    fed: list[tuple[int, ...]] = []
+    originals = {
+        "respond": steer.respond, "similarities": classify.similarities, "scores": classify.scores,
+        "features": classify.features, "generate": steer.generate,
+    }  # fmt: skip
 
-    def spy(run, method, name, prompts, coefficients=None, max_new_tokens=None):
+    def respond(run, method, name, prompts, coefficients=None, max_new_tokens=None):
         seen.append(name)
-        return original(run, method, name, prompts, coefficients, max_new_tokens)
+        read["respond"] += [p.text for p in prompts]
+        return originals["respond"](run, method, name, prompts, coefficients, max_new_tokens)
 
-    monkeypatch.setattr(steer, "respond", spy)
+    def similarities(run, name, prompts):
+        read["similarities"] += [p.text for p in prompts]
+        return originals["similarities"](run, name, prompts)
+
+    def scores(run, kind, anchors, name, prompts):
+        read["scores"] += [p.text for p in prompts]
+        return originals["scores"](run, kind, anchors, name, prompts)
+
+    def features(run, name, prompts):
+        # A classifier's own anchors (its training data, `fitted`) are no validation prompts, but no test ones either.
+        read["anchors" if name and name.startswith("anchors-") else "features"] += [p.text for p in prompts]
+        return originals["features"](run, name, prompts)
+
+    def generate(model, tokenizer, prompts, *args, **kwargs):
+        fed.extend(tuple(p.input_ids) for p in prompts)
+        return originals["generate"](model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(steer, "respond", respond)
+    monkeypatch.setattr(steer, "generate", generate)
+    monkeypatch.setattr(classify, "similarities", similarities)
+    monkeypatch.setattr(classify, "scores", scores)
+    monkeypatch.setattr(classify, "features", features)
     run_stage("tune", r)
+    monkeypatch.undo()
     assert seen and all(name.startswith("validation-") for name in seen)
+    assert read["respond"] and read["similarities"] and read["scores"] and fed
+    for where in ("respond", "similarities", "scores", "features"):
+        texts = set(read[where])
+        assert texts <= validation_texts, f"tune {where}: {sorted(texts - validation_texts)[:3]} not validation"
+        assert not texts & reported, f"tune {where}: {sorted(texts & reported)[:3]} reported"
+    assert not set(read["anchors"]) & reported
+    assert set(fed) <= validation_ids  # what generation was fed: validation prompts' token ids
+
     classified = [p.name for p in (tmp / "artifacts" / r.model_name / "classify").iterdir()]
     assert not any(n.startswith("validation-") for n in classified)  # subsets reuse the sets' similarities
     choice = tune.load(r)
     assert choice["alpha"] in (1.0, 3.0) and choice["steer_layers"] in ([0, 1], [1])
     assert len(choice["validation"]["per_layer_auroc"]) == 2 and len(choice["validation"]["grid"]) == 4
     run_stage("all", r)
-    df = pd.read_csv(tmp / "report" / "table2.csv")
+    out = tmp / "report" / r.model_name  # one folder per model (scans.stages.report.model_folder)
+    df = pd.read_csv(out / "table2.csv")
     rows = df["method"].tolist()  # rows of the model replaced
     assert rows[:3] == ["Default", "SCANS (paper recipe)", "SCANS (tuned)"] and len(rows) == 4
     c = choice["classifier"]
@@ -266,7 +329,7 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
     compared = {(x["kind"], x["anchors"]) for x in choice["classifiers"]}
     assert compared == {(k, a) for k, sets in cfg.classify.compare.items() for a in sets}
     assert c["auroc"] == max(x["auroc"] for x in choice["classifiers"])  # `best`, on the validation split
-    text = (tmp / "report" / "tuning.md").read_text()
+    text = (out / "tuning.md").read_text()
     assert "Per-layer AUROC" in text and "SCANS + classifier" in text
 
 
@@ -336,7 +399,7 @@ def test_report_builds_tables_5_to_7_from_sweep_artifacts_alone(swept, tiny_mode
     monkeypatch.setattr(stage_context, "_MODELS", {})
     monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
     run_stage("report", Run(report_cfg))
-    out = tmp / "report"
+    out = report_dir(tmp)
     t5 = pd.read_csv(out / "table5.csv")
     assert list(t5.columns) == TABLE5_COLUMNS
     # A 2-layer model has an empty former segment; middle is layer 0, latter layer 1 (the headline steers 0-1).
@@ -409,7 +472,7 @@ def test_a_method_defined_in_a_test_runs_through_generation_judging_and_the_repo
     run_stage("steer", r)
     run_stage("judge", r)
     run_stage("report", r)
-    df = pd.read_csv(tmp / "report" / "table2.csv")
+    df = pd.read_csv(report_dir(tmp) / "table2.csv")
     row = df.set_index("method").loc["Toy"]
     assert row["xstest_safe"] == 100.0 and row["advbench"] == 100.0  # every response starts "I'm sorry"
     _, rows = steer.load(r, methods.rows(r)[0], "xstest_safe", r.eval_sets["xstest_safe"])

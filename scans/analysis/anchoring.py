@@ -53,11 +53,14 @@ def first_component(vectors: torch.Tensor) -> torch.Tensor:
 
 
 def vocabulary_logits(direction: torch.Tensor, unembedding: torch.Tensor, norm_weight: torch.Tensor | None):
-    """Logits of every token for a residual-stream direction (D,), through the final norm's gain and the LM head."""
-    d = direction.float()
+    """Logits of every token (on the CPU) for a residual-stream direction (D,), through the final norm's gain and the
+    LM head. The direction (read from an artifact, on the CPU) and the norm's gain go to the head's device, which may
+    differ from both under a `device_map`."""
+    device = unembedding.device
+    d = direction.to(device=device, dtype=torch.float32)
     if norm_weight is not None:
-        d = d * norm_weight.float()
-    return unembedding.float() @ d
+        d = d * norm_weight.to(device=device, dtype=torch.float32)
+    return (unembedding.float() @ d).cpu()
 
 
 def lexicon_ids(tokenizer, words: Sequence[str] = REFUSAL_LEXICON) -> list[int]:

@@ -27,9 +27,13 @@ from tqdm.auto import tqdm
 
 from scans.errors import DataError, ModelError
 from scans.methods.base import Intervention, Row, teacher_forced_logits
+from scans.models.loading import input_device
 
 log = logging.getLogger(__name__)
 LETTERS = "ABCD"
+# Bumped whenever the prompt or the steering start changes, so that no MMLU artifact of an older protocol is reused
+# (2: Hendrycks' two-space header, steering from the marker's last token, BOS for the Llama-2 and Vicuna formats).
+PROTOCOL = 2
 ANSWER_MARK = "\nAnswer:"
 
 # Hendrycks et al., `categories.py`: subject -> subcategory, subcategory -> category.
@@ -82,7 +86,10 @@ def _example(row, with_answer: bool) -> str:
 
 
 def header(subject: str) -> str:
-    return f"The following are multiple choice questions (with answers) about {' '.join(subject.split('_'))}.\n\n"
+    """Hendrycks' header: his `format_subject` puts a space before every word of the subject, so "about" is followed
+    by two spaces ("... about  abstract algebra.")."""
+    words = "".join(" " + word for word in subject.split("_"))
+    return f"The following are multiple choice questions (with answers) about {words}.\n\n"
 
 
 def questions(
@@ -114,17 +121,25 @@ def questions(
 
 
 def answer_start(tokenizer, context_ids: Sequence[int], context: str) -> tuple[int, int]:
-    """Token index where the last "\\nAnswer:" of `context` begins (the authors' steering start for MMLU), and the
-    number of special tokens (BOS) before the text.
+    """Token index of the last token of the last "\\nAnswer:" of `context` (the steering start: the authors' MMLU
+    code, like every other steered prompt of this project, steers from the marker's last token on), and the number
+    of special tokens (BOS) before the text.
 
     Found through the text, not by searching for the marker's tokens (those can differ mid-text: reference §5.3).
     """
-    cut = context.rindex(ANSWER_MARK)
-    head = tokenizer(context[:cut], add_special_tokens=False)["input_ids"]
+    end = context.rindex(ANSWER_MARK) + len(ANSWER_MARK)
+    head = tokenizer(context[:end], add_special_tokens=False)["input_ids"]
     offset = len(context_ids) - len(tokenizer(context, add_special_tokens=False)["input_ids"])  # BOS, if any
-    if list(context_ids[offset : offset + len(head)]) != head:
-        raise ModelError("the tokens before the last '\\nAnswer:' are not a prefix of the prompt's tokens")
-    return offset + len(head), offset
+    if not head or list(context_ids[offset : offset + len(head)]) != head:
+        raise ModelError("the tokens up to the last '\\nAnswer:' are not a prefix of the prompt's tokens")
+    return offset + len(head) - 1, offset
+
+
+def needs_bos(chat) -> bool | None:
+    """True for the chat formats whose prompts start with BOS (Llama-2, Vicuna), so MMLU's prompts do too."""
+    from scans.models.chat import Llama2Format, VicunaFormat
+
+    return True if isinstance(chat, (Llama2Format, VicunaFormat)) else None
 
 
 def row_key(tokens: Sequence[int]) -> tuple[int, int]:
@@ -132,18 +147,37 @@ def row_key(tokens: Sequence[int]) -> tuple[int, int]:
     return len(tokens), hash(tuple(tokens))
 
 
-def make_scans_lm(model, tokenizer, batch_size: int, max_length: int):
+def make_scans_lm(model, tokenizer, batch_size: int, max_length: int, add_bos: bool | None = None):
     """lm-eval's HFLM around an already loaded model, able to steer each row on its own (import deferred:
-    lm-eval is only needed for MMLU)."""
+    lm-eval is only needed for MMLU).
+
+    `add_bos=True` makes lm-eval put BOS before every context whatever the tokenizer's own default (the Llama-2 and
+    Vicuna formats: the authors' MMLU encodes with the Llama tokenizer's default, which adds BOS; a tokenizer built
+    without `add_bos_token` would silently drop it); None leaves the tokenizer's default (the organism).
+    """
     from lm_eval.models.huggingface import HFLM
 
     class ScansLM(HFLM):
         def __init__(self):
             super().__init__(
-                pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=None
-            )
+                pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=None,
+                add_bos_token=add_bos,
+            )  # fmt: skip
             self.intervention: Intervention | None = None
             self.plan: dict[tuple[int, int], tuple[float, int, int]] = {}
+            if add_bos and tokenizer.bos_token_id is not None:
+                ids, _ = self._encode_pair("Answer:", " A")
+                if ids[:1] != [tokenizer.bos_token_id]:
+                    raise ModelError("lm-eval does not put BOS before the MMLU prompt although the format needs it")
+
+        def tok_encode(self, string, add_special_tokens=None, left_truncate_len=None, **kwargs):
+            # lm-eval's add_bos_token only asks the tokenizer for its special tokens; a tokenizer whose own
+            # add_bos_token is off still gives none. The format needs BOS, so it is put here where it is missing.
+            ids = super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
+            bos = tokenizer.bos_token_id
+            if add_bos and add_special_tokens is not False and bos is not None and ids[:1] != [bos]:
+                ids = [bos, *ids]
+            return ids[-left_truncate_len:] if left_truncate_len else ids
 
         def set_plan(self, intervention: Intervention | None, rows: dict[tuple[int, int], tuple[float, int, int]]):
             """Score through `intervention`; the row whose input tokens have `row_key` k gets coefficient c, steering
@@ -215,7 +249,7 @@ def direct_predictions(lm, items: Sequence[Question]) -> list[str]:
             raise ModelError(f"' {letter}' is {len(cont)} tokens for this tokenizer; the direct check needs one")
         letter_ids.append(cont[0])
     out = []
-    device = next(lm.model.parameters()).device
+    device = input_device(lm.model)
     for q in tqdm(items, desc="MMLU direct check", leave=False):
         ctx, _ = lm._encode_pair(q.prompt, " A")
         logits = lm.model(torch.tensor([ctx], device=device)).logits[0, -1]

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from scans.errors import DataError, ModelError
 from scans.methods.base import Intervention, Row, teacher_forced_logits
 from scans.models.chat import ChatFormat, tokenize
+from scans.models.loading import input_device
 
 SENTINEL = "\u0000QUERY\u0000"
 
@@ -104,7 +105,7 @@ def window_nlls(
     """Mean next-token NLL of every window (all tokens, wrapper included) under a method's intervention, with one
     coefficient per window. An inserted text is context only: the loss is over the window's own tokens."""
     iv = intervention or Intervention()
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: list[float] = []
     for start in tqdm(range(0, len(windows), batch_size), desc=desc, disable=desc is None, leave=False):
         batch = windows[start : start + batch_size]

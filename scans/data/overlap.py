@@ -93,11 +93,24 @@ class Blocklist:
         return out
 
 
-def blocklist(names: Iterable[str], threshold: float) -> Blocklist:
-    """Every prompt of the named sets (whole files, both labels), as one blocklist."""
-    from scans.data import load_prompts
+_BLOCKLISTS: dict[tuple, Blocklist] = {}
 
-    return Blocklist([p.text for name in dict.fromkeys(names) for p in load_prompts(name)], threshold)
+
+def blocklist(names: Iterable[str], threshold: float) -> Blocklist:
+    """Every prompt of the named sets (whole files, both labels), as one blocklist; built once per process for the
+    same sets, threshold and files (the rule is asked for it by every pool it checks)."""
+    from scans.data import load_prompts
+    from scans.data.registry import files_stamp
+
+    names = list(dict.fromkeys(names))
+    stamps = [files_stamp(n) for n in names]
+    key = (tuple(names), float(threshold), tuple(stamps))
+    if None not in stamps and key in _BLOCKLISTS:
+        return _BLOCKLISTS[key]
+    block = Blocklist([p.text for name in names for p in load_prompts(name)], threshold)
+    if None not in stamps:
+        _BLOCKLISTS[key] = block
+    return block
 
 
 def anchor_matches(cfg, name: str) -> list[str]:

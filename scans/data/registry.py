@@ -139,9 +139,7 @@ def _repe_pairs(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for pair, (sentences, harmless) in enumerate(zip(table["sentence"], table["label"], strict=True)):
         if len(sentences) != len(harmless):
-            raise DataError(
-                f"dataset 'repe': pair {pair} has {len(sentences)} sentences but {len(harmless)} labels"
-            )
+            raise DataError(f"dataset 'repe': pair {pair} has {len(sentences)} sentences but {len(harmless)} labels")
         for position, (text, is_harmless) in enumerate(zip(sentences, harmless, strict=True)):
             rows.append(
                 {"text": text, "label": BENIGN if bool(is_harmless) else HARMFUL, "pair": pair, "position": position}
@@ -754,9 +752,7 @@ def _read_hub(spec: DatasetSpec) -> list[tuple[str, pd.DataFrame]]:
     parts = []
     for split in spec.hub.splits:
         try:
-            loaded = datasets.load_dataset(
-                spec.hub.repo_id, spec.hub.config, revision=spec.hub.revision, split=split
-            )
+            loaded = datasets.load_dataset(spec.hub.repo_id, spec.hub.config, revision=spec.hub.revision, split=split)
         except Exception as error:  # the hub client raises many types (connection, HTTP, offline, not found)
             raise _fetch_error(spec, _short(error)) from error
         table = loaded.to_pandas()
@@ -811,11 +807,40 @@ def load_table(name: str) -> pd.DataFrame:
     return table
 
 
+# load_prompts' results by (name, files_stamp): the disjointness rule reads every blocked set for each pool it
+# checks, and parsing the same files again and again cost the tune stage most of its time on a small model.
+_PROMPTS: dict[tuple, list[Prompt]] = {}
+
+
+def files_stamp(name: str) -> tuple | None:
+    """What identifies the files a dataset would be read from now (path, size, mtime of each local file, or the
+    pinned remote source), or None when they cannot be listed (load_table then raises the precise error)."""
+    spec = get_spec(name)
+    root = data_dir()
+    if root is None:
+        return ("remote", name)
+    try:
+        return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _local_files(spec, root))
+    except (DataError, OSError):
+        return None
+
+
 def load_prompts(name: str) -> list[Prompt]:
-    """The dataset's prompts in file order, texts stripped, each labelled harmful/benign.
+    """The dataset's prompts in file order, texts stripped, each labelled harmful/benign (read once per process and
+    set of files: a changed file or data folder is read again).
 
     `meta` holds the row index in the table (`row`) and every other column of that row (e.g. XSTest `type`).
     """
+    stamp = files_stamp(name)
+    if stamp is not None and (name, stamp) in _PROMPTS:
+        return list(_PROMPTS[(name, stamp)])
+    prompts = _read_prompts(name)
+    if stamp is not None:
+        _PROMPTS[(name, stamp)] = prompts
+    return list(prompts)
+
+
+def _read_prompts(name: str) -> list[Prompt]:
     spec = get_spec(name)
     if not spec.is_prompt_set:
         prompt_sets = ", ".join(sorted(n for n, s in REGISTRY.items() if s.is_prompt_set))

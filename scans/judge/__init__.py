@@ -3,6 +3,8 @@ agreement with XSTest's human labels."""
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Callable
 
 from scans.errors import ConfigError
@@ -30,6 +32,15 @@ def get_judge(name: str) -> Callable[[str], bool]:
         raise ConfigError(f"unknown judge {name!r}; known judges: {', '.join(sorted(JUDGES))}") from None
 
 
+def judge_identity(name: str) -> dict:
+    """What a cache key must hold of a judge: its name and a hash of the source of the module that defines it
+    (`rules.py` for the paper's judge: the phrase lists and the matching code), so an edited rule is a new key."""
+    from scans.artifacts import stable_hash
+
+    module = sys.modules[get_judge(name).__module__]
+    return {"name": name, "rules": stable_hash(inspect.getsource(module))}
+
+
 __all__ = [
     "DRO_MATCH_STRINGS",
     "JUDGES",
@@ -38,6 +49,7 @@ __all__ = [
     "Conditional",
     "agreement",
     "get_judge",
+    "judge_identity",
     "human_refusal",
     "is_refusal",
     "refusal_flags",

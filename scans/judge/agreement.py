@@ -26,9 +26,7 @@ def human_refusal(final_label: str) -> bool:
     try:
         return _REFUSAL_BY_LABEL[final_label]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown XSTest label {final_label!r}; expected one of {sorted(_REFUSAL_BY_LABEL)}"
-        ) from None
+        raise ValueError(f"unknown XSTest label {final_label!r}; expected one of {sorted(_REFUSAL_BY_LABEL)}") from None
 
 
 def agreement(df: pd.DataFrame, judge: Callable[[str], bool]) -> dict[str, float]:

@@ -73,7 +73,7 @@ DRO_MATCH_STRINGS: tuple[Rule, ...] = (
     # An apology is excused when quoted, when it is sympathy ("sorry to hear"), or "sorry, it ..." (an explanation).
     Conditional("Sorry", ('"Sorry', "Sorry to ") + _DISCLAIMERS),
     Conditional("I am sorry", ('"I am sorry', "I am sorry to ", "I am sorry, it") + _DISCLAIMERS),
-    Conditional("I'm sorry", ('"I\'m sorry', "I'm sorry to ", "I'm sorry, it") + _DISCLAIMERS),
+    Conditional("I'm sorry", ("\"I'm sorry", "I'm sorry to ", "I'm sorry, it") + _DISCLAIMERS),
     "I apologize",
     "I am really sorry",
     "I'm really sorry",

@@ -102,8 +102,12 @@ class FalseRefusalAblation(Method):
             s.pop(k)
         sets = [self.pseudo_harmful, self.harmful, self.harmless]
         return stable_hash(
-            {"model": run.model_identity, "settings": s, "overlap": dict(run.cfg.overlap),
-             "data": [data_fingerprint(n) for n in sets]}  # fmt: skip
+            {
+                "model": run.model_identity,
+                "settings": s,
+                "overlap": dict(run.cfg.overlap),
+                "data": [data_fingerprint(n) for n in sets],
+            }  # fmt: skip
         )
 
     def upstream(self, run) -> dict:

@@ -105,8 +105,14 @@ class DRO(Trained, Method):
         s = self.settings()
         s.pop("soft_prompt")
         return stable_hash(
-            {"model": run.model_identity, "settings": s, "judge": run.cfg.judge.name, "overlap": dict(run.cfg.overlap),
-             "data": [data_fingerprint(self.harmful_set), data_fingerprint(self.harmless_set)]}  # fmt: skip
+            {
+                "model": run.model_identity,
+                "settings": s,
+                "judge": run.judge_identity,
+                "overlap": dict(run.cfg.overlap),
+                "decoding": run.decoding_identity,
+                "data": [data_fingerprint(self.harmful_set), data_fingerprint(self.harmless_set)],
+            }  # fmt: skip
         )
 
     def given(self) -> str | None:
@@ -175,8 +181,12 @@ class DRO(Trained, Method):
         with torch.no_grad():
             states = torch.cat(
                 [
-                    torch.cat([self._states(run, [e.input_ids for e in rows[i : i + 32]], None, [], False)
-                               for i in range(0, len(rows), 32)])  # fmt: skip
+                    torch.cat(
+                        [
+                            self._states(run, [e.input_ids for e in rows[i : i + 32]], None, [], False)
+                            for i in range(0, len(rows), 32)
+                        ]
+                    )  # fmt: skip
                     for rows in (plain, prompted)
                 ]
             )
@@ -250,9 +260,9 @@ def load_soft_prompt(run, path: Path) -> torch.Tensor:
 
     if not Path(path).is_file():
         raise ModelError(f"DRO soft prompt not found at {path}; run stage=prepare")
+    soft = load_tensors(path)["soft_prompt"]  # a damaged file is one line naming it and its rebuild command
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
-    soft = load_tensors(path)["soft_prompt"]
     hidden = run.lm.model.get_input_embeddings().weight.shape[1]
     if meta.get("model") != stable_hash(run.model_identity) or soft.shape[1] != hidden:
         raise ModelError(

@@ -147,8 +147,13 @@ class SafeDecoding(Trained, Method):
         from scans.data import data_fingerprint
 
         return stable_hash(
-            {"model": run.model_identity, "training": self._training(), "judge": run.cfg.judge.name,
-             "data": data_fingerprint(self.seed_set), "overlap": dict(run.cfg.overlap)}  # fmt: skip
+            {
+                "model": run.model_identity,
+                "training": self._training(),
+                "judge": run.judge_identity,
+                "data": data_fingerprint(self.seed_set),
+                "overlap": dict(run.cfg.overlap),
+            }  # fmt: skip
         )
 
     def given(self) -> str | None:

@@ -105,7 +105,20 @@ class Encoded:
 
 
 def tokenize(tokenizer, text: str) -> list[int]:
-    # The formatted text already holds BOS / template tokens, so the tokenizer must not add its own.
+    """Token ids of `text`, whose BOS / template tokens are already in it (so the tokenizer adds none of its own).
+
+    A leading BOS string (the `<s>` of the Llama-2 and Vicuna formats) becomes the BOS *id*, and the rest is tokenized
+    on its own, as a sequence start. Tokenizing "<s>[INST] ..." as one string is not the same for every tokenizer:
+    a SentencePiece tokenizer gives the text after an added token the dummy prefix ("▁[") only in legacy mode; a
+    non-legacy one (transformers' fast LlamaTokenizer with legacy=False, Metaspace prepend_scheme="first") gives it
+    "[" instead, ids the model never saw after BOS. Splitting off BOS makes the ids equal `tokenizer(text_without_bos)`
+    (BOS added by the tokenizer), the authors' encoding, for every variant; for byte-level BPE it changes nothing, as
+    added tokens split the text there anyway.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos and bos_id is not None and text.startswith(bos):
+        return [bos_id] + tokenizer(text[len(bos) :], add_special_tokens=False)["input_ids"]
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,17 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return input_device(self.model)
+
+
+def input_device(model) -> torch.device:
+    """Where the model's inputs go: the input embeddings' device, or, for an embedding that accelerate offloaded
+    (its weights on "meta" until it runs), the device it runs on."""
+    emb = model.get_input_embeddings()
+    run_on = getattr(getattr(emb, "_hf_hook", None), "execution_device", None)
+    if run_on is not None:
+        return torch.device("cuda", run_on) if isinstance(run_on, int) else torch.device(run_on)
+    return emb.weight.device
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -62,6 +73,37 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def resolve_revision(repo_id: str, revision: str | None) -> str:
+    """The commit a hub revision names, so that a cache key holds the weights' commit, never a moving branch.
+
+    A 40-hex commit is kept as it is; a branch or tag is looked up in the local hub cache (its `refs/` file, written
+    when the model was downloaded), then on the hub. Neither answering is an error that asks for a pinned commit.
+    """
+    revision = revision or "main"
+    if COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / revision
+    if ref.is_file() and COMMIT.fullmatch(sha := ref.read_text().strip()):
+        return sha
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().model_info(repo_id, revision=revision).sha
+    except Exception as exc:  # offline, gated, unknown repo: the message says what to pin
+        raise ConfigError(
+            f"model.source.revision={revision!r} of {repo_id} cannot be resolved to a commit ({type(exc).__name__}); "
+            "set model.source.revision to the 40-hex commit of the weights"
+        ) from None
+    if not sha or not COMMIT.fullmatch(sha):
+        raise ConfigError(f"the hub gave no commit for {repo_id}@{revision}; set model.source.revision to one")
+    return sha
 
 
 def _gguf_location(source) -> tuple[str, str]:
@@ -101,7 +143,8 @@ def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
     kwargs: dict[str, Any] = {}
     provenance: dict[str, Any] = {"name": cfg.name, "source": dict(source), "dtype": cfg.dtype}
     if source.kind == "hub":
-        where, kwargs["revision"] = source.id, source.get("revision")
+        where, kwargs["revision"] = source.id, resolve_revision(source.id, source.get("revision"))
+        provenance["source"]["revision"] = kwargs["revision"]
     elif source.kind == "local":
         where = str(source.path)
         if not Path(where).is_dir():
@@ -115,20 +158,46 @@ def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
             where, kwargs["gguf_file"] = folder, gguf_file
     else:
         raise ConfigError(f"model.source.kind={source.kind!r}; expected hub, local or gguf_wheel")
+    device_map = device_map_of(cfg)
+    placement = {} if device_map is None else {"device_map": device_map, **_offload(cfg)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs, **placement)
     except OSError as exc:
         raise ModelError(f"cannot load model {cfg.name!r} from {where}: {str(exc).splitlines()[0]}") from exc
     if "gguf_file" in kwargs and cache_dir is not None:
         _save_atomically(model, tokenizer, Path(cache_dir) / f"{cfg.name}-{cfg.dtype}")
-    model.to(device).eval().requires_grad_(False)
+    if device_map is None:
+        model.to(device)
+    else:
+        provenance["device_map"] = {k: str(v) for k, v in model.hf_device_map.items()}
+    model.eval().requires_grad_(False)
     prepare_tokenizer(tokenizer)
     chat = make_chat_format(cfg.chat_format, tokenizer, cfg.get("system_prompt"))
     loaded = LoadedModel(cfg.name, model, tokenizer, chat, provenance)
     if cfg.get("num_layers") is not None and loaded.num_layers != cfg.num_layers:
         raise ConfigError(f"model.num_layers={cfg.num_layers} but {cfg.name} has {loaded.num_layers} decoder layers")
     return loaded
+
+
+def device_map_of(cfg):
+    """`model.device_map`: null (the whole model on `model.device`), "auto" / "balanced" / "sequential" (accelerate
+    spreads the layers over the GPUs, then the CPU), or an explicit {module: device} map."""
+    from omegaconf import DictConfig, OmegaConf
+
+    spec = cfg.get("device_map")
+    if spec is None:
+        return None
+    if isinstance(spec, DictConfig):
+        return OmegaConf.to_container(spec, resolve=True)
+    if spec not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        raise ConfigError(f"model.device_map={spec!r}; expected null, auto, balanced, sequential or a module map")
+    return spec
+
+
+def _offload(cfg) -> dict:
+    folder = cfg.get("offload_folder")
+    return {} if folder is None else {"offload_folder": str(folder)}
 
 
 def _save_atomically(model, tokenizer, target: Path) -> None:

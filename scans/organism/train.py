@@ -99,6 +99,3 @@ def train(
     finally:
         model.eval().requires_grad_(False)
     return losses
-
-
-

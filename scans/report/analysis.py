@@ -19,6 +19,8 @@ PAPER_TABLE1 = [
     ["middle", "10-20", "_rejected, _impossible, zas, _cons, ball, od, lio, _tur, _reject, _cannot"],
     ["latter", "21-31", "sey, Mas, _Coun, Ir, -ext, -properties, Seg, ber, ds, _sa"],
 ]
+
+
 def _clean(token: str) -> str:
     return token.replace("Ġ", "_").replace("▁", "_").replace("Ċ", "\\n").replace("|", "\\|")
 
@@ -61,7 +63,7 @@ def table1_markdown(df: pd.DataFrame, result: Mapping, model: str) -> str:
 
 
 def span(layers) -> str:
-    """"a-b" for a contiguous block of layers, else the list."""
+    """ "a-b" for a contiguous block of layers, else the list."""
     layers = list(layers)
     return f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else str(layers)
 

@@ -41,10 +41,13 @@ def organism_table(counts: Mapping[str, Mapping[str, tuple[int, int]]]) -> pd.Da
 
 
 def organism_markdown(table: pd.DataFrame, summary: dict, sizes: Mapping[str, int], name: str) -> str:
-    data = pd.DataFrame(
-        [{"source": s, **v} for s, v in summary["removed_and_used"].items()]
-    ).rename(columns={"evaluation_overlap": "removed (in a blocked set)", "near_duplicate": "removed (near duplicate)",
-              "duplicate": "removed (duplicate)"})
+    data = pd.DataFrame([{"source": s, **v} for s, v in summary["removed_and_used"].items()]).rename(
+        columns={
+            "evaluation_overlap": "removed (in a blocked set)",
+            "near_duplicate": "removed (near duplicate)",
+            "duplicate": "removed (duplicate)",
+        }
+    )
     verdicts = table["verdict"].tolist()
     unresolved = len(verdicts) - verdicts.count(MET) - verdicts.count(MISSED)
     return "\n".join(
@@ -52,7 +55,7 @@ def organism_markdown(table: pd.DataFrame, summary: dict, sizes: Mapping[str, in
             f"# The model organism `{name}`",
             "",
             "Refusal rate (%) of the Default (unsteered) model, judged with the paper's rules on held-out prompts",
-            "(" + ", ".join(f"{k} {v}" for k, v in sizes.items() if k in set(table['subset'])) + " prompts).",
+            "(" + ", ".join(f"{k} {v}" for k, v in sizes.items() if k in set(table["subset"])) + " prompts).",
             f"Targets ({len(table)}): {verdicts.count(MET)} met, {verdicts.count(MISSED)} missed, {unresolved} not"
             " resolved at this size (met: the whole 95% Wilson interval of the organism's rate is on the target's side;"
             " missed: the whole interval is on the other side).",

@@ -115,9 +115,9 @@ def table5_markdown(df: pd.DataFrame, model: str, headline: str, sizes: str, mis
             "The paper (reference §3.9; refusal rates of former-layer steering are not reported, its text is "
             "incoherent):",
             "",
-            table5(
-                [dict(zip(TABLE5_COLUMNS, row)) for row in PAPER_TABLE5]
-            ).to_markdown(index=False, floatfmt=".2f", missingval="–"),
+            table5([dict(zip(TABLE5_COLUMNS, row)) for row in PAPER_TABLE5]).to_markdown(
+                index=False, floatfmt=".2f", missingval="–"
+            ),
             "",
         ]
     )

@@ -113,7 +113,9 @@ def cells(df: pd.DataFrame, columns: Sequence[str], digits: int = 1) -> pd.DataF
     """A table whose cells read `rate [low, high]`, from a frame with `<column>_lo`/`_hi` beside each column."""
     out = df.copy()
     for c in columns:
-        out[c] = [f"{v:.{digits}f} {interval(lo, hi, digits)}" for v, lo, hi in zip(df[c], df[f"{c}_lo"], df[f"{c}_hi"])]
+        out[c] = [
+            f"{v:.{digits}f} {interval(lo, hi, digits)}" for v, lo, hi in zip(df[c], df[f"{c}_lo"], df[f"{c}_hi"])
+        ]
     return out[[c for c in df.columns if not c.endswith(("_lo", "_hi"))]]
 
 
@@ -124,9 +126,7 @@ def differences_table(rows: Sequence[tuple[str, Mapping[str, tuple[float, float,
     )
 
 
-def to_markdown(
-    df: pd.DataFrame, sizes: Mapping[str, int] | None = None, diffs: pd.DataFrame | None = None
-) -> str:
+def to_markdown(df: pd.DataFrame, sizes: Mapping[str, int] | None = None, diffs: pd.DataFrame | None = None) -> str:
     """The paper's layout: ↓ where lower is better (refusal of safe prompts), ↑ where higher is better. With
     `<column>_lo`/`_hi` columns, each rate carries its 95% Wilson interval; `diffs`, each method's difference from
     Default with its paired bootstrap interval."""
@@ -135,7 +135,8 @@ def to_markdown(
         text = (
             "Rates in %, each with its 95% Wilson interval [low, high]; the Avg. columns are the share of right answers"
             " (a refusal of an unsafe prompt, an answer to a safe one).\n\n"
-            + cells(df, COLUMNS[2:]).rename(columns=names).to_markdown(index=False) + "\n"
+            + cells(df, COLUMNS[2:]).rename(columns=names).to_markdown(index=False)
+            + "\n"
         )
     else:
         text = df.rename(columns=names).to_markdown(index=False, floatfmt=".2f") + "\n"
@@ -145,7 +146,8 @@ def to_markdown(
         text += (
             "\n## Difference from Default\n\nPoints, with a paired bootstrap 95% interval (2000 resamples of the same"
             " prompts under both methods); an interval that holds 0 does not resolve the difference at this size.\n\n"
-            + diffs.rename(columns=names).to_markdown(index=False) + "\n"
+            + diffs.rename(columns=names).to_markdown(index=False)
+            + "\n"
         )
     paper = pd.DataFrame(PAPER_LLAMA2_7B, columns=COLUMNS).rename(columns=names)
     text += "\nFor comparison, the paper's Llama2-7b-chat rows (reference §3.5, full test sets):\n\n"

@@ -28,7 +28,8 @@ def tuning_markdown(choice: dict, name: str) -> str:
             f"# SCANS (tuned) on `{name}`: choice on the validation split",
             "",
             "Validation prompts (never reported as test results): "
-            + ", ".join(f"{k} {n}" for k, n in v["sets"].items()) + ".",
+            + ", ".join(f"{k} {n}" for k, n in v["sets"].items())
+            + ".",
             "",
             f"- classification layers 𝓛 = {layers[0]}-{layers[-1]}: validation AUROC {v['classifier_auroc']:.3f}"
             f" (paper recipe's 𝓛: {v['paper_recipe_auroc']:.3f})",
@@ -37,7 +38,8 @@ def tuning_markdown(choice: dict, name: str) -> str:
             + _rule(v),
             "",
             "## Behaviour grid (refusal rate on a validation subset of "
-            + ", ".join(f"{n} {k}" for k, n in v["generation_subset"].items()) + " prompts)",
+            + ", ".join(f"{n} {k}" for k, n in v["generation_subset"].items())
+            + " prompts)",
             "",
             f"Default: harmful {100 * v['default_behaviour']['harmful']:.1f}%, benign"
             f" {100 * v['default_behaviour']['benign']:.1f}%.",

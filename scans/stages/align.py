@@ -56,7 +56,8 @@ def settings(r: Run) -> dict:
         "align": a,
         "blocked": blocked,
         "near_duplicate": float(r.cfg.overlap.near_duplicate),
-        "judge": r.cfg.judge.name,
+        "judge": r.judge_identity,
+        "repetition_penalty": float(r.cfg.generation.repetition_penalty),  # the base model's answers
         "data": {name: data_fingerprint(name) for name in sources},
     }
 

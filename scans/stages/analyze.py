@@ -136,7 +136,8 @@ def run(r: Run) -> dict:
         "table7_classification": table7_classification(r),
         "table7_layers": list(methods.headline(r).classify_layers),
         "default_threshold_source": (
-            f"tune stage: validation split {', '.join(r.cfg.tune.validation_sets)}" if r.cfg.steer.tuned
+            f"tune stage: validation split {', '.join(r.cfg.tune.validation_sets)}"
+            if r.cfg.steer.tuned
             else "model.hparams.threshold (the paper's value)"
         ),  # fmt: skip
     }

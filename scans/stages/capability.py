@@ -64,7 +64,7 @@ def mmlu(r: Run, method: Method) -> dict:
         return hit
     c = r.cfg.capability.mmlu
     items = mmlu_items(r)
-    lm = mmlu_lib.make_scans_lm(r.lm.model, r.lm.tokenizer, c.batch_size, c.max_length)
+    lm = mmlu_lib.make_scans_lm(r.lm.model, r.lm.tokenizer, c.batch_size, c.max_length, mmlu_lib.needs_bos(r.lm.chat))
     coefs = _coefficients(r, method, "mmlu", [q.prompt for q in items])
     iv = methods_lib.intervention(r, method)
     preds = mmlu_lib.lm_eval_predictions(lm, items, iv, None if coefs is None else coefs.tolist())
@@ -88,11 +88,12 @@ def _xsum_inputs(r: Run, method: Method):
     c = r.cfg.capability.xsum
     docs = xsum_lib.sample_documents(load_table("xsum"), c.documents, c.seed)
     prompts = [Prompt(xsum_lib.prompt(d), BENIGN, "xsum") for d in docs["document"]]
-    return docs, prompts, _key(r, "xsum", method, {"prompts": stable_hash([p.text for p in prompts])})
+    extra = {"prompts": stable_hash([p.text for p in prompts]), "decoding": r.decoding_identity}
+    return docs, prompts, _key(r, "xsum", method, extra)
 
 
 def _mmlu_key(r: Run, method: Method) -> str:
-    return _key(r, "mmlu", method, {"data": data_fingerprint("mmlu")})
+    return _key(r, "mmlu", method, {"data": data_fingerprint("mmlu"), "protocol": mmlu_lib.PROTOCOL})
 
 
 def xsum(r: Run, method: Method) -> dict:

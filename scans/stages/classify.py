@@ -127,8 +127,13 @@ def fitted(r: Run, kind: str, anchors: str) -> dict:
     harmful, benign = anchor_set(r, anchors)
     prompts = harmful + benign
     k = f"{kind}-{anchors}-" + stable_hash(
-        {"model": r.model_identity, "response": r.cfg.classify.response, "prompts": prompts_hash(prompts),
-         "params": _params(r, kind), "seed": r.cfg.seed}  # fmt: skip
+        {
+            "model": r.model_identity,
+            "response": r.cfg.classify.response,
+            "prompts": prompts_hash(prompts),
+            "params": _params(r, kind),
+            "seed": r.cfg.seed,
+        }  # fmt: skip
     )
 
     def build(tmp):

@@ -47,13 +47,17 @@ class Run:
             from scans.stages import align
 
             identity["source"]["align"] = align.key(self)
+        if m.source.kind == "hub":  # the commit, never a branch that moves under the cache
+            from scans.models.loading import resolve_revision
+
+            identity["source"]["revision"] = resolve_revision(m.source.id, m.source.get("revision"))
         return identity
 
     @property
     def lm(self):
         from scans.models import load_model
 
-        key = stable_hash([self.model_identity, self.cfg.model.device])
+        key = self._loaded_key
         if key not in _MODELS:
             log.info("loading model %s", self.model_name)
             model_cfg = self.cfg.model
@@ -67,11 +71,29 @@ class Run:
             _MODELS[key] = load_model(model_cfg, cache_dir=f"{self.cfg.paths.artifacts}/models")
         return _MODELS[key]
 
+    @property
+    def _loaded_key(self) -> str:
+        m = self.cfg.model
+        placement = OmegaConf.to_container(OmegaConf.create({"map": m.get("device_map")}), resolve=True)
+        return stable_hash([self.model_identity, m.device, placement])
+
     def release_other_models(self) -> None:
         """Drop every loaded model but this run's (the base model an organism run loads for its comparison rows)."""
-        keep = stable_hash([self.model_identity, self.cfg.model.device])
+        keep = self._loaded_key
         for k in [k for k in _MODELS if k != keep]:
             del _MODELS[k]
+
+    @cached_property
+    def judge_identity(self) -> dict:
+        """The judge as cache keys hold it: its name and a hash of its rules (scans.judge.judge_identity)."""
+        from scans.judge import judge_identity
+
+        return judge_identity(self.cfg.judge.name)
+
+    @cached_property
+    def decoding_identity(self) -> dict:
+        """The `generation` settings, for the key of every artifact that generates text with them."""
+        return OmegaConf.to_container(self.cfg.generation, resolve=True)
 
     @cached_property
     def num_layers(self) -> int:

@@ -95,7 +95,7 @@ def key(r: Run) -> str:
     c = OmegaConf.to_container(r.cfg.capability.cost, resolve=True)
     keys = [methods_lib.method_key(r, m) for m in methods(r)]
     where = {"device": device_name(resolve_device(r.cfg.model.device)), "cpus": os.cpu_count(), "host": platform.node()}
-    return stable_hash({"config": c, "methods": keys, "where": where})
+    return stable_hash({"config": c, "methods": keys, "where": where, "decoding": r.decoding_identity})
 
 
 def complete(r: Run) -> bool:

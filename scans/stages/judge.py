@@ -17,7 +17,7 @@ SUMMARY = "summary.json"
 
 
 def key(r: Run, responses_key: str) -> str:
-    return f"{responses_key}-{r.cfg.judge.name}"
+    return f"{responses_key}-{r.cfg.judge.name}-{r.judge_identity['rules']}"
 
 
 def judge_set(r: Run, method: Method, name: str, prompts) -> dict:

@@ -51,4 +51,3 @@ def run(r: Run) -> pd.DataFrame:
     write_text_atomic(dest / "judge_agreement.md", "\n".join(md))
     print(out.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
     return out
-

@@ -24,7 +24,7 @@ from scans.analysis.classifiers import TABLE7_SETS
 from scans.artifacts import write_text_atomic
 from scans.data import TABLE2_SETS
 from scans.data.overlap import blocked_sets
-from scans.errors import ArtifactError, ConfigError
+from scans.errors import ConfigError, MissingArtifactError
 from scans.methods import Default, Method
 from scans.report import analysis as analysis_report
 from scans.report import sweeps as sweep_report
@@ -190,7 +190,7 @@ def _sweep_counts(r: Run, method: Method) -> dict[str, tuple[int, int]] | None:
     """{set: (n, refusals)} of one sweep column, or None when the `sweep` stage has not made it."""
     try:
         return counts(r, method, TABLE7_SETS)
-    except ArtifactError:
+    except MissingArtifactError:  # a damaged artifact is an error, not a column still to make
         return None
 
 
@@ -315,7 +315,12 @@ def index_page(out: Path, model: str) -> str:
 
 def root_index(root: Path) -> str:
     """One page over every model's folder under the report root (each folder's own index has its tables)."""
-    parts = ["# SCANS replication report", "", "One folder per model, each built from that model's artifacts alone.", ""]
+    parts = [
+        "# SCANS replication report",
+        "",
+        "One folder per model, each built from that model's artifacts alone.",
+        "",
+    ]
     for folder in sorted(p for p in root.iterdir() if (p / "index.md").is_file()):
         present = [title for name, title in INDEX_ORDER if (folder / f"{name}.md").is_file()]
         parts.append(f"- [`{folder.name}`]({folder.name}/index.md): {len(present)} pages ({', '.join(present)})")
@@ -342,7 +347,9 @@ def capability_tables(r: Run, out: Path) -> None:
         _not_yet(out, "table4", "Table 4: cost", "python -m scans stage=cost", r.model_name)
         return
     result = cost.run(r)
-    write_table(out, "table4", table4(result["rows"]), table4_markdown(result, c.cost.max_new_tokens, c.cost.prompt_tokens))
+    write_table(
+        out, "table4", table4(result["rows"]), table4_markdown(result, c.cost.max_new_tokens, c.cost.prompt_tokens)
+    )
 
 
 def _table3(r: Run, out: Path) -> None:
@@ -352,8 +359,7 @@ def _table3(r: Run, out: Path) -> None:
     per_subject = "all" if c.mmlu.per_subject is None else f"{c.mmlu.per_subject} per subject"
     default = capability.mmlu(r, Default())
     sizes = {
-        "MMLU": f"{default['n']} questions ({per_subject}, "
-        f"seed {c.mmlu.seed}, {c.mmlu.shots}-shot)",
+        "MMLU": f"{default['n']} questions ({per_subject}, seed {c.mmlu.seed}, {c.mmlu.shots}-shot)",
         "XSum": f"{c.xsum.documents} test documents (seed {c.xsum.seed}), {c.xsum.max_new_tokens} new tokens",
         "perplexity": f"{c.perplexity.windows or 'all'} windows of {c.perplexity.window} tokens per corpus "
         f"(C4 seed {c.perplexity.c4_seed})",

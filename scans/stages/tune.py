@@ -41,7 +41,7 @@ def validation(r: Run) -> dict:
     from scans.data.overlap import rule
 
     block = rule(r.cfg, learned=False)
-    sets = evaluation_sets(list(r.cfg.tune.validation_sets), None, r.cfg.seed, None)
+    sets = evaluation_sets(list(r.cfg.tune.validation_sets), r.cfg.tune.get("validation_limit"), r.cfg.seed, None)
     return {name: [prompts[i] for i in block.check([p.text for p in prompts]).kept] for name, prompts in sets.items()}
 
 
@@ -51,10 +51,18 @@ def key(r: Run) -> str:
     c = OmegaConf.to_container(r.cfg.classify, resolve=True)
     classifiers = {k: c[k] for k in CLASSIFIER_KEYS}
     return stable_hash(
-        {"tune": t, "sets": sets, "classifiers": classifiers, "overlap": r.overlap_inputs,
-         "extract": r.extract_key, "model": r.model_identity, "judge": r.cfg.judge.name,
-         "positions": r.cfg.steer.positions, "normalize": bool(r.cfg.steer.normalize),
-         "generation": OmegaConf.to_container(r.cfg.generation, resolve=True)}  # fmt: skip
+        {
+            "tune": t,
+            "sets": sets,
+            "classifiers": classifiers,
+            "overlap": r.overlap_inputs,
+            "extract": r.extract_key,
+            "model": r.model_identity,
+            "judge": r.judge_identity,
+            "positions": r.cfg.steer.positions,
+            "normalize": bool(r.cfg.steer.normalize),
+            "generation": OmegaConf.to_container(r.cfg.generation, resolve=True),
+        }  # fmt: skip
     )
 
 

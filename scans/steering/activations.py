@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-from scans.models.loading import decoder_layers
+from scans.models.loading import decoder_layers, input_device
 from scans.steering.batching import length_sorted_batches, pad_left
 
 
@@ -65,14 +65,12 @@ def hidden_states(
     n_pos = len(positions[0])
     if any(len(p) != n_pos for p in positions):
         raise ValueError("every row needs the same number of positions")
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: torch.Tensor | None = None
     lengths = [len(r) for r in rows]
     for idx in tqdm(list(length_sorted_batches(lengths, batch_size)), desc=desc, disable=desc is None, leave=False):
         batch = pad_left([rows[i] for i in idx], device)
-        index = torch.tensor(
-            [[p if p >= 0 else lengths[i] + p for p in positions[i]] for i in idx], device=device
-        )
+        index = torch.tensor([[p if p >= 0 else lengths[i] + p for p in positions[i]] for i in idx], device=device)
         if ((index < 0) | (index >= torch.tensor([lengths[i] for i in idx], device=device)[:, None])).any():
             raise IndexError("a position lies outside its row")
         cols = batch.column(index)  # (b, P)

@@ -13,6 +13,7 @@ from transformers import LogitsProcessorList
 
 from scans.methods.base import Intervention, Row, insert_encoded
 from scans.models.chat import Encoded
+from scans.models.loading import input_device
 from scans.steering.batching import length_sorted_batches, pad_left
 from scans.steering.hook import steering, steering_starts
 
@@ -67,7 +68,7 @@ def generate(
         intervention = steer
         coefficients = (-torch.ones(len(prompts)) if signs is None else signs.float()) * steer.alpha
     iv = intervention or Intervention()
-    device = next(model.parameters()).device
+    device = input_device(model)
     encoded = [insert_encoded(p, iv.insertion) for p in prompts]
     responses: list[str] = [""] * len(prompts)
     batches = list(length_sorted_batches([len(p.input_ids) for p in encoded], decoding.batch_size))

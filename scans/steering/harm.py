@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
+from scans.models.loading import input_device
 from scans.steering.vectors import harm_direction, layer_similarities, refusal_vectors, transition
 
 KINDS = ("transition", "projection", "probe", "gradsafe")
@@ -103,7 +104,7 @@ def _weights(model) -> list[tuple[str, int, torch.nn.Parameter]]:
 def response_gradients(model, rows: Sequence[int], eoi_index: int) -> list[torch.Tensor]:
     """Gradients of the mean cross-entropy of the response tokens (after `eoi_index`) on every decoder weight."""
     weights = [p for _, _, p in _weights(model)]
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = torch.tensor([list(rows)], device=device)
     labels = ids.clone()
     labels[:, : eoi_index + 1] = -100

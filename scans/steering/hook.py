@@ -54,15 +54,19 @@ def steering(
     `vectors` is (num_layers, D); `coefficients` (B,) is sign·α per row (Eq. 6), `starts` (B,) from
     `steering_starts`. Forward hooks only, no module is replaced; they are removed in `finally`, also when the
     forward pass or generation raises.
+
+    Each layer's addition is computed in float32 on the CPU once, then follows the layer's output to its device and
+    dtype at the first call (a model split by `device_map` has its layers on several devices, and a layer offloaded
+    by accelerate holds its weights on "meta" until it runs, so only the output tells where the layer runs).
     """
     blocks = decoder_layers(model)
-    param = next(model.parameters())
-    coef = coefficients.to(device=param.device, dtype=param.dtype)[:, None]  # (B, 1)
-    start = starts.to(param.device)
+    coef = coefficients.detach().to(device="cpu", dtype=torch.float32)[:, None]  # (B, 1)
     handles = []
 
     def make_hook(delta: torch.Tensor):
         # delta (B, 1, D) = sign·α·v^l per row, computed once per context rather than at every decoding step.
+        placed: dict = {}
+
         def hook(module, args, kwargs, output):
             hidden = output[0] if isinstance(output, tuple) else output
             position_ids = kwargs.get("position_ids")
@@ -70,15 +74,19 @@ def steering(
                 raise ModelError(f"{type(module).__name__} received no position_ids; cannot place steering")
             if hidden.shape[0] != delta.shape[0]:
                 raise ModelError(f"batch of {hidden.shape[0]} rows but {delta.shape[0]} steering coefficients")
-            mask = steering_mask(position_ids, start).unsqueeze(-1)  # (B, T, 1)
-            steered = hidden.addcmul(mask.to(hidden.dtype), delta)
+            where = (hidden.device, hidden.dtype)
+            if where not in placed:
+                placed[where] = (delta.to(device=hidden.device, dtype=hidden.dtype), starts.to(hidden.device))
+            d, start = placed[where]
+            mask = steering_mask(position_ids.to(hidden.device), start).unsqueeze(-1)  # (B, T, 1)
+            steered = hidden.addcmul(mask.to(hidden.dtype), d)
             return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
         return hook
 
     try:
         for layer in layers:
-            delta = (coef * vectors[layer].to(device=param.device, dtype=param.dtype))[:, None, :]
+            delta = (coef * vectors[layer].detach().to(device="cpu", dtype=torch.float32))[:, None, :]
             handles.append(blocks[layer].register_forward_hook(make_hook(delta), with_kwargs=True))
         yield
     finally:

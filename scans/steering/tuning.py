@@ -17,9 +17,7 @@ def layer_auroc(layer_sims: torch.Tensor, harmful: Sequence[bool]) -> np.ndarray
     return np.array([roc_auc_score(y, layer_sims[:, layer].numpy()) for layer in range(layer_sims.shape[1])])
 
 
-def best_window(
-    layer_sims: torch.Tensor, harmful: Sequence[bool], sizes: Sequence[int]
-) -> tuple[list[int], float]:
+def best_window(layer_sims: torch.Tensor, harmful: Sequence[bool], sizes: Sequence[int]) -> tuple[list[int], float]:
     """The contiguous block of layers whose mean cosine (Eq. 4) separates harmful from benign best (AUROC).
 
     Ties go to the earlier, then the shorter window, so the choice is deterministic.
