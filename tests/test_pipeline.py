@@ -108,10 +108,17 @@ def test_report_rebuilds_every_table_and_figure_from_artifacts_alone(finished, m
     cfg, tmp = finished
     for name in REPORT_FILES:
         (report_dir(tmp) / name).unlink()
+    other = tmp / "report" / "another-model"  # a GPU run's folder: this model's report leaves it alone
+    other.mkdir(exist_ok=True)
+    (other / "index.md").write_text("# another model\n")
+    (other / "table2.md").write_text("rows of another model\n")
     monkeypatch.setattr(stage_context, "_MODELS", {})
     monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
     run_stage("report", Run(cfg))
     assert all((report_dir(tmp) / name).stat().st_size > 0 for name in REPORT_FILES)
+    assert (other / "table2.md").read_text() == "rows of another model\n"
+    root = (tmp / "report" / "index.md").read_text()
+    assert "another-model/index.md" in root and "local/index.md" in root
     index = (report_dir(tmp) / "index.md").read_text()
     assert "## Table 1" in index and "## Table 7" in index and "![Figure 5](figure5.png)" in index
     assert "\\begin{tabular}" in (report_dir(tmp) / "table1.tex").read_text()
