@@ -99,11 +99,12 @@ def remove_stale_tmp(target: Path) -> list[Path]:
 
 
 @contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
+def atomic_dir(target: Path, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; rename it to `target` only if the block succeeds.
 
     A previous `target` is first renamed aside (never deleted in place, which a kill could leave half done with its
-    provenance still there), and temporary folders of killed writers of the same target are removed."""
+    provenance still there), and temporary folders of killed writers of the same target are removed. Where
+    `keep(target)` is true when the block ends (another writer completed it meanwhile), the target stays as it is."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(target)
@@ -112,6 +113,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     old = None
     try:
         yield tmp
+        if keep is not None and keep(target):
+            return  # another writer finished the same target first: keep its folder, drop this one
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
             os.replace(target, old)
@@ -255,6 +258,16 @@ class ArtifactStore:
             raise MissingArtifactError(f"no {stage} artifact at {path}; run `{hint}` first")
         return path
 
+    def lock(self, model: str, stage: str, key: str):
+        """An inter-process lock on one artifact (`<root>/.locks/<model>/<stage>/<key>.lock`, apart from the artifact
+        folders): parallel jobs of a multirun that need the same missing artifact build it once, and none sees it
+        half written or half replaced."""
+        from filelock import FileLock
+
+        path = self.root / ".locks" / model / stage / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(path))
+
     def cached(
         self,
         model: str,
@@ -265,18 +278,29 @@ class ArtifactStore:
         result: str = "summary.json",
     ) -> Any:
         """The JSON `result` of a complete artifact; otherwise `build(tmp)` writes any further files into the
-        temporary folder and returns the result, which is written beside them before the folder is renamed."""
+        temporary folder and returns the result, which is written beside them before the folder is renamed. Under
+        the artifact's lock: a job that waited for another building the same artifact reads it, never builds it."""
         path = self.path(model, stage, key)
         if self.is_complete(model, stage, key):
             return read_json(path / result)
-        with self.writing(model, stage, key, provenance or {}) as tmp:
-            out = build(tmp)
-            write_json(tmp / result, out)
+        with self.lock(model, stage, key):
+            if self.is_complete(model, stage, key):
+                return read_json(path / result)
+            with self._writing(model, stage, key, provenance or {}) as tmp:
+                out = build(tmp)
+                write_json(tmp / result, out)
         return out
 
     @contextmanager
     def writing(self, model: str, stage: str, key: str, provenance: Mapping[str, Any]) -> Iterator[Path]:
-        """Write a stage's files into a temporary folder; provenance goes in last, then the folder is renamed."""
-        with atomic_dir(self.path(model, stage, key)) as tmp:
+        """Write a stage's files into a temporary folder; provenance goes in last, then the folder is renamed, under
+        the artifact's lock. If another job completed the same artifact meanwhile, its folder is kept (same key,
+        same inputs) and this one dropped, so a reader never finds the folder missing or half replaced."""
+        with self.lock(model, stage, key), self._writing(model, stage, key, provenance) as tmp:
+            yield tmp
+
+    @contextmanager
+    def _writing(self, model: str, stage: str, key: str, provenance: Mapping[str, Any]) -> Iterator[Path]:
+        with atomic_dir(self.path(model, stage, key), keep=lambda target: (target / PROVENANCE).is_file()) as tmp:
             yield tmp
             write_json(tmp / PROVENANCE, {"stage": stage, "key": key, **provenance, "environment": environment()})

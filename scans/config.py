@@ -11,7 +11,7 @@ from scans.errors import ConfigError
 
 STAGES = (
     "align", "extract", "anchor", "classify", "tune", "prepare", "analyze", "steer", "judge", "capability", "cost",
-    "report", "judge_agreement", "sweep", "all",
+    "report", "judge_agreement", "sweep", "export", "all",
 )  # fmt: skip
 ANCHOR_LAYERS = "anchor"  # steer.layers=anchor: the layers the `anchor` stage's refusal score suggests
 SEGMENTS = ("former", "middle", "latter")  # steer.layers=middle: a segment of `analysis.segments` (Table 5)

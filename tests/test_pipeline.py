@@ -350,7 +350,7 @@ def sweep_cfg(tiny_model_dir, tmp, *overrides):
 
 
 def stage_dirs(tmp, stage: str) -> set[str]:
-    root = next((tmp / "artifacts").iterdir()) / stage
+    root = next(p for p in (tmp / "artifacts").iterdir() if not p.name.startswith(".")) / stage  # not .locks
     return {p.name for p in root.iterdir()} if root.is_dir() else set()
 
 

@@ -11,6 +11,7 @@ from scans.stages import (
     capability,
     classify,
     cost,
+    export,
     extract,
     judge,
     judge_agreement,
@@ -37,6 +38,7 @@ STAGES: dict[str, Callable[[Run], object]] = {
     "report": report.run,
     "judge_agreement": judge_agreement.run,
     "sweep": sweep.run,
+    "export": export.run,
 }
 PIPELINE = (
     "align", "extract", "anchor", "classify", "tune", "prepare", "analyze", "steer", "judge", "capability", "cost",

@@ -1,0 +1,58 @@
+"""Stage `export`: the refusal vectors of the steering layers as a llama.cpp control vector (GGUF).
+
+`artifacts/<model>/export/<key>/refusal.gguf` holds one unit direction per layer of `steer.layers` (layer 0 left out:
+llama.cpp never steers it). In llama.cpp, `--control-vector-scaled refusal.gguf -3.5` steers every query away from
+refusal by α = 3.5, `+3.5` towards it: unconditionally, since σ(q) cannot run there (scans/steering/control_vector.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from scans.artifacts import stable_hash
+from scans.stages import extract
+from scans.stages.context import Run
+from scans.steering.control_vector import write_control_vector
+
+log = logging.getLogger(__name__)
+STAGE = "export"
+FILE = "refusal.gguf"
+
+
+def layers(r: Run) -> list[int]:
+    """The steering layers that llama.cpp can steer (every one but block 0)."""
+    chosen = [layer for layer in r.steer_layers if layer >= 1]
+    if len(chosen) < len(r.steer_layers):
+        log.warning("export: layer 0 is left out (llama.cpp never steers decoder block 0)")
+    return chosen
+
+
+def key(r: Run) -> str:
+    return stable_hash({"extract": r.extract_key, "layers": layers(r), "normalize": bool(r.cfg.steer.normalize)})
+
+
+def run(r: Run) -> Path:
+    k = key(r)
+    path = r.store.path(r.model_name, STAGE, k) / FILE
+    if r.store.is_complete(r.model_name, STAGE, k):
+        log.info("export: reusing %s", path)
+        return path
+    extract.run(r)
+    vectors = extract.load(r)["refusal_vectors"]
+    hint = str(getattr(r.lm.model.config, "model_type", r.model_name))
+    chosen = layers(r)
+    provenance = {
+        "extract_key": r.extract_key,
+        "layers": chosen,
+        "model_hint": hint,
+        "unit": bool(r.cfg.steer.normalize),
+    }
+    with r.store.writing(r.model_name, STAGE, k, provenance) as tmp:
+        write_control_vector(tmp / FILE, {layer: vectors[layer] for layer in chosen}, hint)
+    alpha = float(r.cfg.steer.alpha)
+    log.info(
+        "export: wrote %s (%d layers); in llama.cpp: --control-vector-scaled %s %g (less refusal; +%g for more)",
+        path, len(chosen), path, -alpha, alpha,
+    )  # fmt: skip
+    return path
