@@ -60,6 +60,7 @@ report:
 
 bench:
 	$(PY) scripts/bench_steering.py --batch-sizes 1 16 --repeats 3
+	bash scripts/bench_launcher.sh
 
 clean:
 	rm -rf outputs multirun .pytest_cache

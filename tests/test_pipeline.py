@@ -375,6 +375,34 @@ def swept(finished, tiny_model_dir, data_dir):
     return cfg, tmp, before
 
 
+def test_a_sweep_runs_in_parallel_through_hydras_joblib_launcher(finished, tiny_model_dir, data_dir, monkeypatch):
+    """Two jobs of a multirun at once (hydra/launcher=joblib, separate processes) over the same artifact store: both
+    finish, and the artifacts they share (vectors, similarities) are read, not rebuilt."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    cfg, tmp = finished
+    before = {s: stage_dirs(tmp, s) for s in ("extract", "classify")}
+    env = dict(os.environ, SCANS_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1")
+    args = [
+        "model=local", f"model.source.path={tiny_model_dir}", "model.num_layers=2", "model.device=cpu",
+        "model.hparams.steer_layers=0-1", "model.hparams.classify_layers=0-1", "model.hparams.threshold=0.5",
+        "experiment=smoke", "generation.max_new_tokens=4", f"paths.artifacts={tmp / 'artifacts'}",
+        f"hydra.sweep.dir={tmp / 'joblib'}", "stage=sweep", "sweep.vary=alpha", "steer.alpha=2.5,3.5",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "scans", "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel" in proc.stdout + proc.stderr  # the launcher ran the jobs
+    assert len(list((tmp / "joblib").glob("*steer.alpha=*"))) == 2
+    assert {s: stage_dirs(tmp, s) for s in ("extract", "classify")} == before
+    monkeypatch.setattr(stage_context, "_MODELS", {})
+    monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
+    for alpha in (2.5, 3.5):  # each job's column is complete: read back without a model
+        assert sweep.run(Run(make_cfg(tiny_model_dir, tmp, f"steer.alpha={alpha}", "sweep.vary=alpha")))["refusal"]
+    assert (tmp / "artifacts" / ".locks").is_dir()  # the jobs took the artifacts' locks
+
+
 def test_sweep_multirun_reuses_vectors_and_similarities(swept):
     cfg, tmp, before = swept
     assert len(list((tmp / "multirun").glob("*steer.alpha=*"))) == 2  # one job per value
