@@ -6,7 +6,6 @@ torch and transformers in each case."""
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -49,16 +48,11 @@ def run_in_process(
     logs = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
     monkeypatch.setattr(sys, "argv", ["scans", *args, *logs, f"hydra.run.dir={tmp_path / 'out'}"])
     capsys.readouterr()
-    # Hydra configures logging for the job (handlers on the captured streams): put the test process's back after.
-    root, handlers, level = logging.getLogger(), logging.getLogger().handlers[:], logging.getLogger().level
     try:
         cli.main()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
     out = capsys.readouterr()
     return subprocess.CompletedProcess(sys.argv, code, out.out, out.err)
 

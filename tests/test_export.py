@@ -7,9 +7,9 @@ import pytest
 import torch
 from test_pipeline import make_cfg
 
+from scans.control_vector import ARCH, read_control_vector, write_control_vector
 from scans.stages import Run, extract, run_stage
 from scans.stages import export as export_stage
-from scans.steering.control_vector import ARCH, read_control_vector, write_control_vector
 
 
 def test_a_control_vector_round_trips_through_ggufs_reader(tmp_path):

@@ -91,6 +91,24 @@ def test_a_hub_model_is_keyed_by_its_commit_not_its_branch(tmp_path, monkeypatch
     assert identity("main") == "b" * 40
 
 
+def test_the_loaded_weights_are_the_commit_the_keys_hold(tmp_path, monkeypatch):
+    """A branch that moves between making the keys and loading the model does not load the newer weights."""
+    from scans.stages import context
+
+    refs = tmp_path / "hub" / "models--meta-llama--Llama-2-7b-chat-hf" / "refs"
+    refs.mkdir(parents=True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    (refs / "main").write_text("a" * 40)
+    r = _run(tmp_path, "model=llama2_7b_chat", "model.source.revision=main")
+    assert r.model_identity["source"]["revision"] == "a" * 40
+    (refs / "main").write_text("b" * 40)  # main moves on
+    loaded = []
+    monkeypatch.setattr(context, "_MODELS", {})
+    monkeypatch.setattr("scans.models.load_model", lambda cfg, cache_dir=None: loaded.append(cfg.source.revision))
+    r.lm
+    assert loaded == ["a" * 40]
+
+
 def test_an_unresolvable_branch_asks_for_a_commit(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

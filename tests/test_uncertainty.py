@@ -29,6 +29,9 @@ def test_a_64_prompt_rate_carries_about_twelve_points_each_way():
     lo, hi = u.wilson(32, 64)
     assert 11.5 < (hi - lo) / 2 < 12.5
     assert u.prompts_for_interval(5) == 385  # ±5 points at 50%: 1.96² · 0.25 / 0.05²
+    # The README's paired figures: (z_.975 + z_.8)² · d / 0.05², d the share of prompts whose outcome changes.
+    assert u.prompts_to_resolve(5, 0.10) == math.ceil((1.959964 + 0.841621) ** 2 * 0.10 / 0.05**2) == 314
+    assert u.prompts_to_resolve(5, 0.30) == 942
 
 
 def test_paired_bootstrap_matches_a_plain_resampling_loop():

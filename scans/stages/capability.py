@@ -103,8 +103,12 @@ def xsum(r: Run, method: Method) -> dict:
         return hit
     rows = steer.respond(r, method, "xsum", prompts, max_new_tokens=c.max_new_tokens)
     predictions = [row["response"] for row in rows]
-    scores = {**xsum_lib.rouge(predictions, list(docs["summary"])), "n": len(prompts)}
-    out = [{"id": str(i), "summary": s, "prediction": p} for i, s, p in zip(docs["id"], docs["summary"], predictions)]
+    per_doc = xsum_lib.rouge_per_document(predictions, list(docs["summary"]))
+    scores = {**{t: sum(v) / len(v) for t, v in per_doc.items()}, "n": len(prompts)}
+    out = [
+        {"id": str(i), "summary": s, "prediction": p, **{t: v[j] for t, v in per_doc.items()}}
+        for j, (i, s, p) in enumerate(zip(docs["id"], docs["summary"], predictions))
+    ]
     return _save(r, k, method, scores, out)
 
 
@@ -146,8 +150,8 @@ def items(r: Run, method: Method) -> dict[str, list[float]]:
     for corpus in CORPORA:
         out[f"{corpus}_nll"] = [row["nll"] for row in _rows(r, _perplexity_key(r, method, corpus))]
     xs = _rows(r, _xsum_inputs(r, method)[2])
-    for t, v in xsum_lib.rouge_per_document([x["prediction"] for x in xs], [x["summary"] for x in xs]).items():
-        out[t] = v
+    for t in xsum_lib.ROUGE_TYPES:  # each document's score, stored by the xsum part
+        out[t] = [x[t] for x in xs]
     mm = _rows(r, _mmlu_key(r, method))
     out["mmlu_avg"] = [float(q["prediction"] == q["answer"]) for q in mm]
     for category in mmlu_lib.CATEGORIES:

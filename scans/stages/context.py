@@ -68,6 +68,9 @@ class Run:
                 model_cfg = OmegaConf.create(
                     {**OmegaConf.to_container(model_cfg, resolve=True), "source": {"kind": "local", "path": str(path)}}
                 )
+            elif model_cfg.source.kind == "hub":  # the commit the keys hold, resolved once: never a newer `main`
+                source = {**OmegaConf.to_container(model_cfg.source, resolve=True), **self.model_identity["source"]}
+                model_cfg = OmegaConf.create({**OmegaConf.to_container(model_cfg, resolve=True), "source": source})
             _MODELS[key] = load_model(model_cfg, cache_dir=f"{self.cfg.paths.artifacts}/models")
         return _MODELS[key]
 

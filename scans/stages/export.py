@@ -2,7 +2,7 @@
 
 `artifacts/<model>/export/<key>/refusal.gguf` holds one unit direction per layer of `steer.layers` (layer 0 left out:
 llama.cpp never steers it). In llama.cpp, `--control-vector-scaled refusal.gguf -3.5` steers every query away from
-refusal by α = 3.5, `+3.5` towards it: unconditionally, since σ(q) cannot run there (scans/steering/control_vector.py).
+refusal by α = 3.5, `+3.5` towards it: unconditionally, since σ(q) cannot run there (scans/control_vector.py).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 
 from scans.artifacts import stable_hash
+from scans.control_vector import write_control_vector
 from scans.stages import extract
 from scans.stages.context import Run
-from scans.steering.control_vector import write_control_vector
 
 log = logging.getLogger(__name__)
 STAGE = "export"

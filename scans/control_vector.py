@@ -10,13 +10,13 @@ inside llama.cpp, so an exported vector is ActAdd with SCANS's vectors, not SCAN
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from scans.artifacts import atomic_file
 
 ARCH = "controlvector"
 
@@ -32,11 +32,7 @@ def write_control_vector(path: Path, directions: Mapping[int, torch.Tensor], mod
     sizes = {int(v.numel()) for v in directions.values()}
     if len(sizes) != 1:
         raise ValueError(f"directions of different sizes: {sorted(sizes)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         writer = GGUFWriter(tmp, ARCH)
         writer.add_string(f"{ARCH}.model_hint", model_hint)
         writer.add_uint32(f"{ARCH}.layer_count", len(directions))
@@ -46,11 +42,7 @@ def write_control_vector(path: Path, directions: Mapping[int, torch.Tensor], mod
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def read_control_vector(path: Path) -> tuple[dict[str, object], dict[int, torch.Tensor]]:
