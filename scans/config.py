@@ -100,8 +100,7 @@ def validate(cfg: DictConfig) -> None:
     positive_int(cfg.data.anchors.size, "data.anchors.size")
     positive_int(cfg.data.limit, "data.limit", allow_none=True)
     positive_int(cfg.tune.get("validation_limit"), "tune.validation_limit", allow_none=True)
-    if not cfg.data.eval_sets:
-        raise ConfigError("data.eval_sets is empty")
+    validate_data(cfg)
     positive_int(cfg.generation.max_new_tokens, "generation.max_new_tokens")
     positive_int(cfg.generation.batch_size, "generation.batch_size")
     positive_int(cfg.classify.batch_size, "classify.batch_size")
@@ -120,6 +119,35 @@ def validate(cfg: DictConfig) -> None:
         positive_int(b, "capability.cost.batch_sizes[]")
     validate_classifiers(cfg)
     validate_methods(cfg)
+
+
+def validate_data(cfg: DictConfig) -> None:
+    """The run's own dataset entries (`data.sets`, `data.sets_dirs`) are read and checked, and every set the config
+    names (evaluation, validation, anchors, the disjointness rule's) must exist in the catalogue."""
+    from scans.data import catalogue, configure_from, eval_sets
+
+    configure_from(cfg)
+    if not cfg.data.eval_sets:
+        raise ConfigError("data.eval_sets is empty")
+    known = eval_sets()
+    for key in ("data.eval_sets", "tune.validation_sets"):
+        unknown = [n for n in OmegaConf.select(cfg, key) if n not in known]
+        if unknown:
+            raise ConfigError(
+                f"{key}: unknown evaluation set(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)} "
+                "(a new one is a YAML file in configs/data/sets/, see its README.md)"
+            )
+    anchored = {cfg.data.anchors.harmful, cfg.data.anchors.benign}
+    drawn = [n for n in cfg.tune.validation_sets if known[n].dataset in anchored]
+    if drawn:
+        raise ConfigError(f"tune.validation_sets: {', '.join(drawn)} come from the anchors' datasets; choose others")
+    names = catalogue()
+    for key in ("data.anchors.harmful", "data.anchors.benign"):
+        if OmegaConf.select(cfg, key) not in names:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is not a dataset of the catalogue")
+    unknown = [n for n in cfg.overlap.sets if n not in names]
+    if unknown:
+        raise ConfigError(f"overlap.sets: unknown dataset(s) {', '.join(map(repr, unknown))}")
 
 
 def validate_classifiers(cfg: DictConfig) -> None:

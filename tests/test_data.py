@@ -14,18 +14,30 @@ import pytest
 from scans.data import (
     BENIGN,
     HARMFUL,
-    REGISTRY,
-    TABLE2_SETS,
     AnchorSplit,
     Prompt,
     anchor_split,
+    catalogue,
     data_dir,
     data_fingerprint,
     evaluation_sets,
+    get_eval_set,
+    get_spec,
     load_prompts,
     load_table,
 )
 from scans.errors import DataError
+
+TABLE2_SETS = [
+    "xstest_safe",
+    "xstest_unsafe",
+    "repe_safe",
+    "repe_unsafe",
+    "oktest",
+    "truthfulqa",
+    "advbench",
+    "malicious",
+]
 
 REAL_DATA = os.environ.get("SCANS_DATA_DIR")
 needs_data = pytest.mark.skipif(
@@ -97,7 +109,7 @@ def test_xstest_keeps_the_prompt_type(real_data: Path) -> None:
 
 @needs_data
 def test_every_registry_entry_loads(real_data: Path) -> None:
-    for name in REGISTRY:
+    for name in catalogue():
         assert len(load_table(name)) > 0, name
 
 
@@ -158,7 +170,7 @@ def test_table2_sets_have_the_reference_sizes_and_labels(real_data: Path) -> Non
         "malicious": 100,
     }
     for name, prompts in sets.items():
-        assert {p.label for p in prompts} == {TABLE2_SETS[name]}
+        assert {p.label for p in prompts} == {get_eval_set(name).label}
 
 
 @needs_data
@@ -212,7 +224,7 @@ def test_empty_evaluation_set_raises(tmp_data: Path) -> None:
     with pytest.raises(DataError, match="'xstest_unsafe' is empty"):
         evaluation_sets(["xstest_unsafe"], limit=None, seed=0, heldout=None)
     with pytest.raises(DataError, match="'advbench' is empty"):
-        evaluation_sets(["advbench"], limit=None, seed=0, heldout=AnchorSplit((), (), (), ()))
+        evaluation_sets(["advbench"], limit=None, seed=0, heldout=AnchorSplit((), (), (), (), "advbench", "truthfulqa"))
 
 
 def test_unknown_names_raise() -> None:
@@ -222,10 +234,17 @@ def test_unknown_names_raise() -> None:
         evaluation_sets(["nope"], limit=None, seed=0, heldout=None)
 
 
-def test_heldout_sets_need_a_split_of_the_right_dataset() -> None:
-    other = (Prompt("q", HARMFUL, "malicious"),)
-    with pytest.raises(DataError, match="anchor split of 'advbench'"):
-        evaluation_sets(["advbench"], limit=None, seed=0, heldout=AnchorSplit((), (), other, ()))
+def test_the_anchor_datasets_sets_are_their_heldout_part_and_other_sets_whole_files(tmp_data: Path) -> None:
+    _write(tmp_data, "scans/AdvBench.csv", "goal,target\nfirst goal,x\nsecond goal,y\nthird goal,z\n")
+    _write(tmp_data, "scans/TruthfulQA.csv", "Question\nq one?\nq two?\n")
+    _write(tmp_data, "scans/MaliciousInstruct.txt", "m one\nm two\n")
+    split = anchor_split(load_prompts("advbench"), load_prompts("truthfulqa"), 1, seed=0)
+    assert (split.harmful_dataset, split.benign_dataset) == ("advbench", "truthfulqa")
+    sets = evaluation_sets(["advbench", "truthfulqa", "malicious"], limit=None, seed=0, heldout=split)
+    assert sets["advbench"] == list(split.harmful_heldout) and len(sets["advbench"]) == 2
+    assert sets["truthfulqa"] == list(split.benign_heldout) and len(sets["truthfulqa"]) == 1
+    assert len(sets["malicious"]) == 2  # not an anchor dataset: the whole file
+    assert not set(sets["advbench"]) & set(split.harmful_anchors)
 
 
 def test_repe_labels_come_from_the_label_array_not_the_position(tmp_data: Path) -> None:
@@ -273,4 +292,4 @@ def test_without_network_or_data_dir_the_error_says_where_to_put_the_file(
         load_table(name)
     message = _one_line(error)
     assert "could not be fetched" in message
-    assert f"$SCANS_DATA_DIR/{REGISTRY[name].local[0]}" in message
+    assert f"$SCANS_DATA_DIR/{get_spec(name).local[0]}" in message

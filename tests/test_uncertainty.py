@@ -81,12 +81,13 @@ def test_verdicts(lo, hi, bound, at_least, at_most, within):
 
 
 def test_table2_intervals_pool_the_avg_columns_and_differences_are_paired():
-    counts = {s: (64, 32) for s in t2.SAFE + t2.UNSAFE}
-    ci = t2.intervals(counts, t2.COLUMNS[2:])
+    lay = t2.PAPER
+    counts = {s: (64, 32) for s in lay.sets}
+    ci = t2.intervals(counts, lay)
     assert ci["xstest_safe"] == u.wilson(32, 64)
     assert ci["avg"] == u.wilson(256, 512) and ci["xstest_avg"] == u.wilson(64, 128)
-    flags = {s: [i % 2 == 0 for i in range(64)] for s in t2.SAFE + t2.UNSAFE}
-    more = {s: [True] * 64 for s in t2.SAFE + t2.UNSAFE}  # refuses everything: +50 points on every subset
-    diff = t2.differences(more, flags, t2.COLUMNS[2:])
+    flags = {s: [i % 2 == 0 for i in range(64)] for s in lay.sets}
+    more = {s: [True] * 64 for s in lay.sets}  # refuses everything: +50 points on every subset
+    diff = t2.differences(more, flags, lay)
     assert diff["xstest_safe"][0] == pytest.approx(50.0) and diff["avg"][0] == pytest.approx(0.0)
     assert diff["xstest_safe"][1] > 35  # paired: 32 of 64 prompts change, the interval stays well above 0

@@ -14,7 +14,6 @@ import torch
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
 # Table 7's rows, in the paper's order (reference §3.11).
-TABLE7_SETS = ("xstest_safe", "xstest_unsafe", "oktest", "malicious", "truthfulqa", "advbench")
 HARM_KEYWORDS = (
     "kill", "murder", "bomb", "weapon", "gun", "shoot", "poison", "drug", "cocaine", "heroin", "meth", "steal",
     "rob", "hack", "attack", "terror", "suicide", "die", "dead", "death", "blood", "execute", "exterminate",

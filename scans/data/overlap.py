@@ -100,7 +100,7 @@ def blocklist(names: Iterable[str], threshold: float) -> Blocklist:
     """Every prompt of the named sets (whole files, both labels), as one blocklist; built once per process for the
     same sets, threshold and files (the rule is asked for it by every pool it checks)."""
     from scans.data import load_prompts
-    from scans.data.registry import files_stamp
+    from scans.data.fingerprint import files_stamp
 
     names = list(dict.fromkeys(names))
     stamps = [files_stamp(n) for n in names]
@@ -130,9 +130,13 @@ def blocked_sets(cfg, learned: bool = True) -> list[str]:
     """The sets the rule checks against: `overlap.sets` (every reported and held-back set), and, for a prompt that is
     learnt from (`learned`), the validation split too, so that validation stays unseen. The validation prompts
     themselves are checked with `learned=False`."""
+    from scans.data.catalogue import get_eval_set
+
     names = list(cfg.overlap.sets)
+    # Every evaluated file is a reported one: a set added to data.eval_sets is kept off everything learnt from.
+    names += [d for d in dict.fromkeys(get_eval_set(n).dataset for n in cfg.data.eval_sets) if d not in names]
     if learned:
-        names += [n for n in cfg.tune.validation_sets if n not in names]
+        names += [d for d in dict.fromkeys(get_eval_set(n).dataset for n in cfg.tune.validation_sets) if d not in names]
     return names
 
 

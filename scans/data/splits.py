@@ -8,11 +8,12 @@ The anchors give the refusal vectors (Eq. 1) and the harm direction (Eq. 3); wha
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 
-from scans.data.registry import BENIGN, HARMFUL, Prompt, load_prompts
+from scans.data.catalogue import get_eval_set
+from scans.data.registry import Prompt, load_prompts
+from scans.data.spec import BENIGN, HARMFUL
 from scans.errors import DataError
 
 
@@ -24,6 +25,16 @@ class AnchorSplit:
     benign_anchors: tuple[Prompt, ...]
     harmful_heldout: tuple[Prompt, ...]
     benign_heldout: tuple[Prompt, ...]
+    harmful_dataset: str = ""  # the dataset each list was drawn from: its evaluation sets are the held-out part
+    benign_dataset: str = ""
+
+    def heldout(self, dataset: str, label: str) -> list[Prompt] | None:
+        """The held-out prompts when `dataset` is the one the `label` anchors were drawn from, else None."""
+        if label == HARMFUL and dataset == self.harmful_dataset:
+            return list(self.harmful_heldout)
+        if label == BENIGN and dataset == self.benign_dataset:
+            return list(self.benign_heldout)
+        return None
 
 
 def _draw(
@@ -65,57 +76,14 @@ def anchor_split(
         benign_anchors=tuple(benign[i] for i in benign_anchors),
         harmful_heldout=tuple(harmful[i] for i in harmful_rest),
         benign_heldout=tuple(benign[i] for i in benign_rest),
+        harmful_dataset=_source(harmful),
+        benign_dataset=_source(benign),
     )
 
 
-@dataclass(frozen=True)
-class _EvalSet:
-    dataset: str  # registry name
-    label: str  # the label every prompt of the set has (the refusal-rate direction follows from it)
-    from_anchor_split: bool = False  # the held-out part of the anchor datasets, not the whole file
-
-
-_EVAL_SETS: Mapping[str, _EvalSet] = MappingProxyType(
-    {
-        "xstest_safe": _EvalSet("xstest", BENIGN),
-        "xstest_unsafe": _EvalSet("xstest", HARMFUL),
-        "repe_safe": _EvalSet("repe", BENIGN),
-        "repe_unsafe": _EvalSet("repe", HARMFUL),
-        "oktest": _EvalSet("oktest", BENIGN),
-        "truthfulqa": _EvalSet("truthfulqa", BENIGN, from_anchor_split=True),
-        "advbench": _EvalSet("advbench", HARMFUL, from_anchor_split=True),
-        "malicious": _EvalSet("malicious", HARMFUL),
-        # Run by the authors but not reported in Table 2 (reference §5.1), and newer over-refusal controls.
-        "harmfulq": _EvalSet("harmfulq", HARMFUL),
-        "heldout_harmless": _EvalSet("heldout_harmless", BENIGN),
-        "jbb_harmful": _EvalSet("jbb_harmful", HARMFUL),
-        "jbb_benign": _EvalSet("jbb_benign", BENIGN),
-        "oktest_heldout": _EvalSet("oktest_heldout", BENIGN),
-        "strongreject": _EvalSet("strongreject", HARMFUL),
-    }
-)
-
-#: Every evaluation set name -> the label of its prompts.
-EVAL_SET_LABELS: Mapping[str, str] = MappingProxyType({name: s.label for name, s in _EVAL_SETS.items()})
-
-#: Table 2's subsets in the paper's column order -> expected label. Refusal is wanted (↑) on harmful sets and
-#: unwanted (↓) on benign ones: XSTest Safe/UnSafe, RepE Safe/UnSafe, Helpfulness (OKTest, TQA), Harmfulness
-#: (AdvBench, Malicious).
-TABLE2_SETS: Mapping[str, str] = MappingProxyType(
-    {
-        name: EVAL_SET_LABELS[name]
-        for name in (
-            "xstest_safe",
-            "xstest_unsafe",
-            "repe_safe",
-            "repe_unsafe",
-            "oktest",
-            "truthfulqa",
-            "advbench",
-            "malicious",
-        )
-    }
-)
+def _source(prompts: Sequence[Prompt]) -> str:
+    sources = {p.source for p in prompts}
+    return sources.pop() if len(sources) == 1 else ""
 
 
 def _subsample(prompts: list[Prompt], limit: int | None, seed: int, name: str) -> list[Prompt]:
@@ -130,32 +98,21 @@ def _subsample(prompts: list[Prompt], limit: int | None, seed: int, name: str) -
 def evaluation_sets(
     names: Sequence[str], limit: int | None, seed: int, heldout: AnchorSplit | None
 ) -> dict[str, list[Prompt]]:
-    """The named evaluation sets (see EVAL_SET_LABELS), each in file order.
+    """The named evaluation sets (scans.data.catalogue.eval_sets: each the prompts of one label of one dataset),
+    each in file order.
 
-    `truthfulqa` and `advbench` are the held-out parts of `heldout`, which must be the AdvBench/TruthfulQA anchor
-    split of the same run (reference §5.1); the other sets are whole files, filtered by label (XSTest, RepE).
-    `limit` keeps a seeded random subset of at most that many prompts per set, still in file order.
+    A set of the dataset the anchors of its label were drawn from (`advbench`, `truthfulqa` in the paper) is the
+    held-out part of `heldout`, the run's anchor split (reference §5.1); the other sets are whole files, filtered by
+    label (XSTest, RepE). `limit` keeps a seeded random subset of at most that many prompts per set, in file order.
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit={limit}; expected a positive number of prompts per set, or None for all")
-    unknown = [n for n in names if n not in _EVAL_SETS]
-    if unknown:
-        raise DataError(f"unknown evaluation set(s) {', '.join(map(repr, unknown))}; known: {', '.join(_EVAL_SETS)}")
+    chosen = {name: get_eval_set(name) for name in names}  # DataError naming an unknown set
     loaded: dict[str, list[Prompt]] = {}  # each dataset read once (XSTest and RepE give two sets each)
     sets: dict[str, list[Prompt]] = {}
-    for name in names:
-        spec = _EVAL_SETS[name]
-        if spec.from_anchor_split:
-            if heldout is None:
-                raise DataError(f"evaluation set {name!r} is the held-out part of the anchor split; pass heldout=")
-            pool = list(heldout.harmful_heldout if spec.label == HARMFUL else heldout.benign_heldout)
-            wrong = sorted({p.source for p in pool if p.source != spec.dataset})
-            if wrong:
-                raise DataError(
-                    f"evaluation set {name!r} needs an anchor split of {spec.dataset!r}; the split given holds "
-                    f"{', '.join(map(repr, wrong))} prompts"
-                )
-        else:
+    for name, spec in chosen.items():
+        pool = None if heldout is None else heldout.heldout(spec.dataset, spec.label)
+        if pool is None:
             if spec.dataset not in loaded:
                 loaded[spec.dataset] = load_prompts(spec.dataset)
             pool = [p for p in loaded[spec.dataset] if p.label == spec.label]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -10,8 +10,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-
-from scans.analysis.classifiers import TABLE7_SETS  # noqa: E402
 
 # Reference §3.4 (Llama2-7b-chat; "_" marks a SentencePiece word start).
 PAPER_TABLE1 = [
@@ -152,9 +150,9 @@ def figure5(result: Mapping, path: Path, model: str) -> None:
     plt.close(fig)
 
 
-def table7_grid(result: Mapping) -> pd.DataFrame:
-    """Every 𝒯 of the fine grid, in the paper's row order (fixed columns: the artifact's keys are sorted)."""
-    return pd.DataFrame(result["table7_classification"], columns=["threshold", *TABLE7_SETS, "xstest_f1"])
+def table7_grid(result: Mapping, sets: Sequence[str]) -> pd.DataFrame:
+    """Every 𝒯 of the fine grid, the sets in `sets`' order (fixed columns: the artifact's keys are sorted)."""
+    return pd.DataFrame(result["table7_classification"], columns=["threshold", *sets, "xstest_f1"])
 
 
 def table7_shares(df: pd.DataFrame, thresholds) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """Tables 5, 6 and 7 (refusal side): one row per value of the varied hyperparameter, beside the paper's numbers.
 
 The CSVs keep one row per (model, value), so a rerun for one model replaces only its rows; the Markdown shows our
-rows in the paper's orientation (Tables 6-7: the sets as rows, the values as columns).
+rows in the paper's orientation (Tables 6-7: the sets as rows, the values as columns). Our rows cover `sweep.sets`
+(the paper's six by default), laid out as Table 2's columns are; the paper's rows keep its own six sets.
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from scans.analysis.classifiers import TABLE7_SETS
-from scans.report.table2 import SAFE, correct_rate, intervals
+from scans.data import BENIGN, HARMFUL
+from scans.report.table2 import Layout, correct_rate, intervals
 from scans.report.uncertainty import interval
 
-XSTEST = ("xstest_safe", "xstest_unsafe")
-# Tables 6-7 row order (reference §3.10-3.11); Avg. is pooled over these six sets (RepE excluded), as in the paper.
-SETS = TABLE7_SETS
-TABLE5_COLUMNS = [
-    "model", "segment", "layers", "wikitext2_ppl", "c4_ppl", "xstest_safe", "xstest_unsafe", "xstest_avg", "oktest",
-    "truthfulqa", "advbench", "malicious", "avg",
-]  # fmt: skip
+# The paper's Tables 6-7 row order (reference §3.10-3.11); its Avg. pools these six sets (RepE excluded).
+PAPER = Layout(
+    labels={"xstest_safe": BENIGN, "xstest_unsafe": HARMFUL, "oktest": BENIGN, "malicious": HARMFUL,
+            "truthfulqa": BENIGN, "advbench": HARMFUL},
+    averages={"xstest_avg": ("xstest_safe", "xstest_unsafe"),
+              "avg": ("xstest_safe", "xstest_unsafe", "oktest", "malicious", "truthfulqa", "advbench")},
+)  # fmt: skip
+TABLE5_LEAD = ["model", "segment", "layers", "wikitext2_ppl", "c4_ppl"]
 NAN = float("nan")
 # Reference §3.9: refusal rates for former-layer steering are not reported (the text is incoherent).
 PAPER_TABLE5 = [
@@ -53,44 +55,40 @@ PAPER_TABLE7 = {
     "advbench": [99.12, 99.34, 99.56, 100.0, 100.0],
     "avg": [96.21, 97.67, 92.52, 85.62, 75.57],
 }
-ARROW = {s: "↓" if s in SAFE else "↑" for s in SETS}
 
 
-def rates(counts: Mapping[str, tuple[int, int]]) -> dict:
-    """Refusal rate (%) per set, XSTest's Avg. and the Avg. over the six sets, from {set: (n, refusals)}."""
-    row = {name: 100.0 * counts[name][1] / counts[name][0] for name in SETS}
-    row["xstest_avg"] = correct_rate(counts, XSTEST)
-    row["avg"] = correct_rate(counts, SETS)
-    return row
+def rates(counts: Mapping[str, tuple[int, int]], lay: Layout) -> dict:
+    """Refusal rate (%) per set and the Avg. columns of `lay`, from {set: (n, refusals)}."""
+    return {c: correct_rate(counts, lay.averages[c], lay) if c in lay.averages else 100.0 * counts[c][1] / counts[c][0]
+            for c in lay.columns}  # fmt: skip
 
 
-def intervals_markdown(labelled: Sequence[tuple[str, Mapping[str, tuple[int, int]]]]) -> str:
+def intervals_markdown(labelled: Sequence[tuple[str, Mapping[str, tuple[int, int]]]], lay: Layout) -> str:
     """The 95% Wilson interval (%) of every rate of a sweep table: one column per value, one row per set."""
     if not labelled:
         return ""
-    cols = {label: {c: interval(*ci) for c, ci in intervals(counts, [*SETS, "xstest_avg", "avg"]).items()}
-            for label, counts in labelled}  # fmt: skip
+    cols = {label: {c: interval(*ci) for c, ci in intervals(counts, lay).items()} for label, counts in labelled}
     return "\n95% Wilson intervals (%) of the rates above:\n\n" + pd.DataFrame(cols).to_markdown() + "\n"
 
 
-def table5(rows: Sequence[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=TABLE5_COLUMNS)
+def table5(rows: Sequence[dict], lay: Layout) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=[*TABLE5_LEAD, *lay.columns])
 
 
-def table6(rows: Sequence[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["model", "alpha", *SETS, "avg"])
+def table6(rows: Sequence[dict], lay: Layout) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["model", "alpha", *lay.sets, "avg"])
 
 
-def table7(rows: Sequence[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["model", "threshold", *SETS, "avg", "xstest_f1"])
+def table7(rows: Sequence[dict], lay: Layout) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["model", "threshold", *lay.sets, "avg", "xstest_f1"])
 
 
-def _paper_orientation(df: pd.DataFrame, by: str, label: str) -> str:
+def _paper_orientation(df: pd.DataFrame, by: str, label: str, lay: Layout) -> str:
     """Sets as rows, the values of `by` as columns (the paper's layout of Tables 6-7)."""
-    cols = [c for c in [*SETS, "avg"] if c in df.columns]
+    cols = [c for c in [*lay.sets, "avg"] if c in df.columns]
     t = df.set_index(by)[cols].T
     t.columns = [f"{label}={v:g}" for v in t.columns]
-    t.index = [f"{c} {ARROW[c]}" if c in ARROW else f"{c} ↑" for c in t.index]
+    t.index = [f"{c} {'↓' if c in lay.safe else '↑'}" for c in t.index]
     return t.to_markdown(floatfmt=".2f")
 
 
@@ -100,14 +98,16 @@ def _missing(missing: Sequence[str], command: str) -> list[str]:
     return ["", f"Not generated yet: {', '.join(missing)} (`{command}`, or `make sweeps`)."]
 
 
-def table5_markdown(df: pd.DataFrame, model: str, headline: str, sizes: str, missing: Sequence[str]) -> str:
+def table5_markdown(
+    df: pd.DataFrame, lay: Layout, model: str, headline: str, sizes: str, missing: Sequence[str]
+) -> str:
     return "\n".join(
         [
             f"# Table 5: steering the former, middle or latter layers (`{model}`)",
             "",
             f"{headline} with its steering layers replaced by each segment (`analysis.segments`); perplexity with "
             f"σ(q)-signed steering of each passage (Table 3's protocol), refusal rates (%) on {sizes}. "
-            "Avg. pools the six sets (RepE excluded), as the paper's.",
+            "Avg. pools the sets shown (`sweep.sets`; the paper's six, RepE excluded, by default).",
             "",
             df.to_markdown(index=False, floatfmt=".2f"),
             *_missing(missing, "python -m scans -m stage=sweep sweep.vary=layers steer.layers=former,middle,latter"),
@@ -115,7 +115,7 @@ def table5_markdown(df: pd.DataFrame, model: str, headline: str, sizes: str, mis
             "The paper (reference §3.9; refusal rates of former-layer steering are not reported, its text is "
             "incoherent):",
             "",
-            table5([dict(zip(TABLE5_COLUMNS, row)) for row in PAPER_TABLE5]).to_markdown(
+            table5([dict(zip([*TABLE5_LEAD, *PAPER.columns], row)) for row in PAPER_TABLE5], PAPER).to_markdown(
                 index=False, floatfmt=".2f", missingval="–"
             ),
             "",
@@ -123,21 +123,23 @@ def table5_markdown(df: pd.DataFrame, model: str, headline: str, sizes: str, mis
     )
 
 
-def table6_markdown(df: pd.DataFrame, model: str, headline: str, sizes: str, missing: Sequence[str]) -> str:
+def table6_markdown(
+    df: pd.DataFrame, lay: Layout, model: str, headline: str, sizes: str, missing: Sequence[str]
+) -> str:
     return "\n".join(
         [
             f"# Table 6: refusal rate (%) by the multiplier α (`{model}`)",
             "",
-            f"{headline} with α replaced; refusal rates on {sizes}; Avg. pools the six sets (RepE excluded), as the "
-            "paper's. Steering vectors are unit length, so a model's useful α scales with its residual stream: "
-            "the paper's grid is not the organism's range (docs/differences.md).",
+            f"{headline} with α replaced; refusal rates on {sizes}; Avg. pools the sets shown (`sweep.sets`; the "
+            "paper's six, RepE excluded, by default). Steering vectors are unit length, so a model's useful α "
+            "scales with its residual stream: the paper's grid is not the organism's range (docs/differences.md).",
             "",
-            _paper_orientation(df, "alpha", "α"),
+            _paper_orientation(df, "alpha", "α", lay),
             *_missing(missing, "python -m scans -m stage=sweep sweep.vary=alpha steer.alpha=..."),
             "",
             "The paper's Llama2-7b-chat (reference §3.10):",
             "",
-            _paper_orientation(pd.DataFrame(PAPER_TABLE6), "alpha", "α"),
+            _paper_orientation(pd.DataFrame(PAPER_TABLE6), "alpha", "α", PAPER),
             "",
         ]
     )
@@ -145,6 +147,7 @@ def table6_markdown(df: pd.DataFrame, model: str, headline: str, sizes: str, mis
 
 def table7_markdown(
     df: pd.DataFrame,
+    lay: Layout,
     shares: pd.DataFrame,
     grid: pd.DataFrame,
     model: str,
@@ -156,7 +159,7 @@ def table7_markdown(
 ) -> str:
     best = grid.loc[grid["xstest_f1"].idxmax()]
     refusal = (
-        [_paper_orientation(df, "threshold", "𝒯")]
+        [_paper_orientation(df, "threshold", "𝒯", lay)]
         if len(df)
         else ["No refusal rates yet: they need generation (`make sweeps`)."]
     )
@@ -164,8 +167,9 @@ def table7_markdown(
         [
             f"# Table 7: refusal rate (%) by the threshold 𝒯 (`{model}`)",
             "",
-            f"{headline} with 𝒯 replaced (𝓛 = {layers}); refusal rates on {sizes}; Avg. pools the six sets (RepE "
-            "excluded), as the paper's. A column whose signs σ(q) equal another's shares its responses.",
+            f"{headline} with 𝒯 replaced (𝓛 = {layers}); refusal rates on {sizes}; Avg. pools the sets shown "
+            "(`sweep.sets`; the paper's six, RepE excluded, by default). A column whose signs σ(q) equal another's "
+            "shares its responses.",
             "",
             *refusal,
             *_missing(missing, "python -m scans -m stage=sweep sweep.vary=threshold classify.threshold=..."),
@@ -181,7 +185,7 @@ def table7_markdown(
             "",
             "The paper's Llama2-7b-chat refusal rates (%) (reference §3.11):",
             "",
-            _paper_orientation(pd.DataFrame(PAPER_TABLE7), "threshold", "𝒯"),
+            _paper_orientation(pd.DataFrame(PAPER_TABLE7), "threshold", "𝒯", PAPER),
             "",
         ]
     )

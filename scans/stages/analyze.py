@@ -20,10 +20,9 @@ from sklearn.metrics import roc_auc_score
 
 from scans import methods
 from scans.analysis import classifiers
-from scans.analysis.classifiers import TABLE7_SETS
 from scans.artifacts import read_json, stable_hash, write_json
 from scans.data import HARMFUL, evaluation_sets
-from scans.stages import classify, tune
+from scans.stages import classify, sweep, tune
 from scans.stages.context import Run, prompts_hash
 from scans.steering import harm_similarity
 from scans.steering.tuning import layer_auroc
@@ -104,7 +103,8 @@ def figure4(r: Run, method) -> dict:
 
 def table7_classification(r: Run) -> list[dict]:
     head = methods.headline(r)
-    sims = {n: harm_similarity(classify.similarities(r, n, r.eval_sets[n]), head.classify_layers) for n in TABLE7_SETS}
+    names = dict.fromkeys([*sweep.sets(r), *XSTEST])
+    sims = {n: harm_similarity(classify.similarities(r, n, r.eval_sets[n]), head.classify_layers) for n in names}
     fine = {float(t) for t in np.round(np.arange(0.50, 1.0001, 0.01), 2)}
     grid = sorted(fine | {float(t) for t in r.cfg.analysis.paper_thresholds} | {float(head.threshold)})
     xs_scores = torch.cat([sims["xstest_safe"], sims["xstest_unsafe"]]).numpy()
@@ -112,7 +112,7 @@ def table7_classification(r: Run) -> list[dict]:
     rows = []
     for t in grid:
         row = {"threshold": float(t)}
-        row.update({n: 100.0 * float((s >= t).float().mean()) for n, s in sims.items()})
+        row.update({n: 100.0 * float((sims[n] >= t).float().mean()) for n in sweep.sets(r)})
         row["xstest_f1"] = classifiers.scores(xs_scores >= t, xs_harmful)["f1"]
         rows.append(row)
     return rows

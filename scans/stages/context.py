@@ -24,7 +24,10 @@ def prompts_hash(prompts: list[Prompt]) -> str:
 
 class Run:
     def __init__(self, cfg: DictConfig):
+        from scans.data import configure_from
+
         self.cfg = cfg
+        configure_from(cfg)  # the run's own dataset entries (data.sets, data.sets_dirs)
         self.store = ArtifactStore(cfg.paths.artifacts)
         self.methods_cache: dict = {}  # resolved methods by config name (scans.methods.load)
         self.interventions_cache: dict = {}  # interventions by method (scans.methods.intervention)

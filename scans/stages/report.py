@@ -20,9 +20,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from scans import methods
-from scans.analysis.classifiers import TABLE7_SETS
 from scans.artifacts import write_text_atomic
-from scans.data import TABLE2_SETS
 from scans.data.overlap import blocked_sets
 from scans.errors import ConfigError, MissingArtifactError
 from scans.methods import Default, Method
@@ -32,12 +30,13 @@ from scans.report.analysis import span
 from scans.report.capability import table3, table3_markdown, table4, table4_markdown
 from scans.report.classifiers import classifiers_markdown, classifiers_table, disjointness_markdown
 from scans.report.methods import methods_markdown, methods_table
-from scans.report.organism import organism_markdown, organism_table
+from scans.report.organism import TARGET_SETS, organism_markdown, organism_table
 from scans.report.table2 import (
-    COLUMNS,
+    Layout,
     differences,
     differences_table,
     intervals,
+    layout_of,
     table2,
     table2_row,
     to_markdown,
@@ -77,16 +76,16 @@ def model_folder(r: Run) -> Path:
 
 
 def run(r: Run) -> Path:
-    missing = [s for s in TABLE2_SETS if s not in r.eval_sets]
-    if missing:
-        raise ConfigError(f"Table 2 needs data.eval_sets to include {', '.join(missing)}")
     out = model_folder(r)
     listed = methods.rows(r)
-    tallies = [counts(r, m, TABLE2_SETS) for m in listed]
-    df = table2([table2_row(r.model_name, m.name, c) for m, c in zip(listed, tallies)])
-    full = with_intervals(df, [intervals(c, COLUMNS[2:]) for c in tallies])
-    sizes = {name: len(r.eval_sets[name]) for name in TABLE2_SETS}
-    md = "# Table 2: refusal rate (%)\n\n" + to_markdown(full, sizes, _differences(r, listed))
+    lay = layout_of(list(r.cfg.data.eval_sets))  # Table 2's columns: the run's evaluation sets
+    tallies = [counts(r, m, lay.sets) for m in listed]
+    df = table2([table2_row(r.model_name, m.name, c, lay) for m, c in zip(listed, tallies)], lay)
+    full = with_intervals(df, [intervals(c, lay) for c in tallies], lay)
+    sizes = {name: len(r.eval_sets[name]) for name in lay.sets}
+    md = "# Table 2: refusal rate (%)\n\n" + to_markdown(
+        full, lay, sizes, _differences(r, listed, lay), judge=r.cfg.judge.name
+    )
     write_table(out, "table2", full, md, tex=df)
     print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     prepared = [(m.name, type(m).__name__, m.prepare(r)) for m in listed]  # cached artifacts (stage=prepare)
@@ -99,15 +98,17 @@ def run(r: Run) -> Path:
         write_text_atomic(out / "tuning.md", tuning_markdown(tune.load(r), r.model_name))
     if (base := steer.base_run(r)) is not None:
         default = Default()
+        targets = [s for s in TARGET_SETS if s in r.eval_sets]
         table = organism_table(
-            {base.model_name: counts(base, default, TABLE2_SETS), r.model_name: counts(r, default, TABLE2_SETS)}
+            {base.model_name: counts(base, default, targets), r.model_name: counts(r, default, targets)}
         )
         buf = io.StringIO()
         table.to_csv(buf, index=False, float_format="%.2f")
         write_text_atomic(out / "organism.csv", buf.getvalue())
         write_text_atomic(out / "organism.md", organism_markdown(table, align.load_summary(r), sizes, r.model_name))
     write_text_atomic(
-        out / "disjointness.md", disjointness_markdown(disjointness_rows(r), list(o.sets), o.near_duplicate)
+        out / "disjointness.md",
+        disjointness_markdown(disjointness_rows(r), blocked_sets(r.cfg, learned=False), o.near_duplicate),
     )
     capability_tables(r, out)
     analysis_outputs(r, out)
@@ -117,11 +118,11 @@ def run(r: Run) -> Path:
     return out
 
 
-def _differences(r: Run, listed: list[Method]) -> pd.DataFrame:
+def _differences(r: Run, listed: list[Method], lay: Layout) -> pd.DataFrame:
     """Each row's difference from Default (the unsteered model on the same prompts), with paired intervals."""
-    default = flags(r, Default(), TABLE2_SETS)
+    default = flags(r, Default(), lay.sets)
     return differences_table(
-        [(m.name, differences(flags(r, m, TABLE2_SETS), default, COLUMNS[2:])) for m in listed if m.name != "Default"]
+        [(m.name, differences(flags(r, m, lay.sets), default, lay)) for m in listed if m.name != "Default"]
     )
 
 
@@ -148,7 +149,7 @@ def analysis_outputs(r: Run, out: Path) -> None:
     write_text_atomic(out / "figure4.csv", table.to_csv(index=False, float_format="%.4f"))
     sets = {name: len(p) for name, p in tune.validation(r).items()}
     write_text_atomic(out / "classifiers.md", classifiers_markdown(table, result, sets, r.model_name))
-    grid = analysis_report.table7_grid(result)
+    grid = analysis_report.table7_grid(result, sweep.sets(r))
     write_text_atomic(out / "table7_grid.csv", grid.to_csv(index=False, float_format="%.4f"))
     sweep_tables(r, out, grid, result["default_threshold_source"])
 
@@ -189,7 +190,7 @@ def disjointness_rows(r: Run) -> list[dict]:
 def _sweep_counts(r: Run, method: Method) -> dict[str, tuple[int, int]] | None:
     """{set: (n, refusals)} of one sweep column, or None when the `sweep` stage has not made it."""
     try:
-        return counts(r, method, TABLE7_SETS)
+        return counts(r, method, sweep.sets(r))
     except MissingArtifactError:  # a damaged artifact is an error, not a column still to make
         return None
 
@@ -203,7 +204,8 @@ def _with(values, value: float) -> list[float]:
 def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -> None:
     """Tables 5, 6 and 7: the headline row with one hyperparameter varied (the columns that exist)."""
     head = methods.headline(r)
-    n = {len(r.eval_sets[s]) for s in TABLE7_SETS}
+    lay = layout_of(sweep.sets(r))
+    n = {len(r.eval_sets[s]) for s in lay.sets}
     sizes = f"{n.pop()} prompts per set" if len(n) == 1 else "the sets of Table 2"
     headline = (
         f"{head.name} (α {head.alpha:g}, steering {span(head.steer_layers)}, 𝓛 {span(head.classify_layers)}, "
@@ -217,10 +219,12 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
         if (c := _sweep_counts(r, sweep.method(r, "alpha", a))) is None:
             missing6.append(f"α={a:g}")
         else:
-            rows6.append({"model": model, "alpha": a, **sweep_report.rates(c)})
+            rows6.append({"model": model, "alpha": a, **sweep_report.rates(c, lay)})
             ci6.append((f"α={a:g}", c))
-    df6 = sweep_report.table6(rows6)
-    md6 = sweep_report.table6_markdown(df6, model, headline, sizes, missing6) + sweep_report.intervals_markdown(ci6)
+    df6 = sweep_report.table6(rows6, lay)
+    md6 = sweep_report.table6_markdown(df6, lay, model, headline, sizes, missing6) + sweep_report.intervals_markdown(
+        ci6, lay
+    )
     _write_sweep(out, "table6", df6, md6, model)
 
     missing7: list[str] = []
@@ -233,14 +237,14 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
         else:
             ci7.append((f"𝒯={t:g}", c))
         f1 = grid.loc[(grid["threshold"] - t).abs() < 1e-9, "xstest_f1"].iloc[0]
-        rows7.append({"model": model, "threshold": t, **(sweep_report.rates(c) if c else {}), "xstest_f1": f1})
-    df7 = sweep_report.table7(rows7)
+        rows7.append({"model": model, "threshold": t, **(sweep_report.rates(c, lay) if c else {}), "xstest_f1": f1})
+    df7 = sweep_report.table7(rows7, lay)
     shares = analysis_report.table7_shares(grid, thresholds)
     md = sweep_report.table7_markdown(
-        df7.dropna(subset=["avg"]), shares, grid, model, headline, span(head.classify_layers), sizes, missing7,
+        df7.dropna(subset=["avg"]), lay, shares, grid, model, headline, span(head.classify_layers), sizes, missing7,
         threshold_source,
     )  # fmt: skip
-    write_table(out, "table7", df7, md + sweep_report.intervals_markdown(ci7), "%.4g")  # 𝒯 = 0.9186, not 0.92
+    write_table(out, "table7", df7, md + sweep_report.intervals_markdown(ci7, lay), "%.4g")  # 𝒯 = 0.9186, not 0.92
 
     missing5: list[str] = []
     rows5, ci5 = [], []
@@ -252,10 +256,12 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
             continue
         row = {"model": model, "segment": label, "layers": span(m.steer_layers)}
         row.update({f"{corpus}_ppl": p["ppl"] for corpus, p in ppl.items()})
-        rows5.append({**row, **sweep_report.rates(c)})
+        rows5.append({**row, **sweep_report.rates(c, lay)})
         ci5.append((label, c))
-    df5 = sweep_report.table5(rows5)
-    md5 = sweep_report.table5_markdown(df5, model, headline, sizes, missing5) + sweep_report.intervals_markdown(ci5)
+    df5 = sweep_report.table5(rows5, lay)
+    md5 = sweep_report.table5_markdown(df5, lay, model, headline, sizes, missing5) + sweep_report.intervals_markdown(
+        ci5, lay
+    )
     _write_sweep(out, "table5", df5, md5, model)
 
 

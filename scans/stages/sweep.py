@@ -14,7 +14,7 @@ import logging
 from dataclasses import replace
 
 from scans import methods
-from scans.analysis.classifiers import TABLE7_SETS
+from scans.errors import ConfigError
 from scans.methods.scans import Scans
 from scans.stages import capability, judge, steer
 from scans.stages.context import Run
@@ -40,10 +40,21 @@ def configured(r: Run) -> Scans:
     return method(r, vary, value)
 
 
+def sets(r: Run) -> list[str]:
+    """The sets of Tables 5-7 (`sweep.sets`), which must be evaluation sets of the run."""
+    names = list(r.cfg.sweep.sets)
+    missing = [n for n in names if n not in r.cfg.data.eval_sets]
+    if not names or missing:
+        raise ConfigError(
+            f"sweep.sets must be a non-empty subset of data.eval_sets; not evaluated: {', '.join(missing) or 'none'}"
+        )
+    return names
+
+
 def rates(r: Run, m: Scans) -> dict[str, dict]:
     """The judge's summary of `m` on each set of Tables 5-7 (generated and judged once)."""
     out = {}
-    for name in TABLE7_SETS:
+    for name in sets(r):
         prompts = r.eval_sets[name]
         steer.respond(r, m, name, prompts)
         out[name] = judge.judge_set(r, m, name, prompts)

@@ -1,0 +1,191 @@
+"""Datasets as config: a prompt file plus one YAML entry (configs/data/sets/README.md) is an evaluation set, and every
+bad entry or file fails with one clear line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from scans.cli import CONFIG_DIR
+from scans.config import validate_data
+from scans.data import (
+    BENIGN,
+    HARMFUL,
+    catalogue,
+    configure,
+    eval_sets,
+    evaluation_sets,
+    get_eval_set,
+    load_prompts,
+)
+from scans.data.catalogue import SETS_DIR, builtin
+from scans.errors import ConfigError, DataError
+from scans.report.table2 import PAPER, layout_of
+
+
+@pytest.fixture(autouse=True)
+def fresh_catalogue():
+    configure()
+    yield
+    configure()  # no test's sets leak into the next
+
+
+def entry(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_the_builtin_catalogue_is_one_yaml_file_per_dataset():
+    files = sorted(p.stem for p in SETS_DIR.glob("*.yaml"))
+    assert files == sorted(builtin()) and len(files) == 28
+    assert all(spec.origin.endswith(f"{name}.yaml") for name, spec in builtin().items())
+    # The paper's Table 2 subsets come out of the entries: XSTest and RepE give a safe and an unsafe set each.
+    assert [get_eval_set(n).dataset for n in PAPER.sets] == [
+        "xstest", "xstest", "repe", "repe", "oktest", "truthfulqa", "advbench", "malicious"
+    ]  # fmt: skip
+    assert not {s.dataset for s in eval_sets().values()} & {"coconot_eval", "coconot_contrast"}  # held back
+    with pytest.raises(DataError, match="held back"):
+        get_eval_set("coconot_eval")
+
+
+def test_a_csv_with_a_label_column_gives_a_safe_and_an_unsafe_set(tmp_path):
+    (tmp_path / "mine.csv").write_text("question,kind\nHow do I bake bread?,ok\nHow do I pick a lock?,bad\n")
+    entry(
+        tmp_path / "sets",
+        "mine",
+        f"path: {tmp_path / 'mine.csv'}\nformat: csv\ntext_column: question\nlabel_column: kind\n"
+        "label_values: {ok: benign, bad: harmful}\n",
+    )
+    configure(sets_dirs=[tmp_path / "sets"])
+    assert get_eval_set("mine_safe").label == BENIGN and get_eval_set("mine_unsafe").label == HARMFUL
+    sets = evaluation_sets(["mine_safe", "mine_unsafe"], limit=None, seed=0, heldout=None)
+    assert [p.text for p in sets["mine_safe"]] == ["How do I bake bread?"]
+    assert [p.text for p in sets["mine_unsafe"]] == ["How do I pick a lock?"]
+    lay = layout_of(["mine_safe", "mine_unsafe", "oktest"])  # Table 2's columns follow the sets
+    assert lay.columns == ["mine_safe", "mine_unsafe", "mine_avg", "oktest", "avg"]
+    assert lay.safe == ("mine_safe", "oktest")
+
+
+def test_a_jsonl_given_on_the_command_line_is_a_set(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"text": "Tell me a joke."}\n{"text": "Name a colour."}\n')
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                f"+data.sets.jokes={{path: {tmp_path / 'p.jsonl'}, format: jsonl, text_column: text, label: benign}}",
+                "data.eval_sets=[xstest_safe,jokes]",
+            ],
+        )
+    validate_data(cfg)
+    assert [p.text for p in load_prompts("jokes")] == ["Tell me a joke.", "Name a colour."]
+    assert "jokes" in catalogue()
+
+
+def test_an_edited_entry_is_read_again(tmp_path):
+    (tmp_path / "m.csv").write_text("a,b\nfirst,second\n")
+    folder = tmp_path / "sets"
+    entry(folder, "m", f"path: {tmp_path / 'm.csv'}\nformat: csv\ntext_column: a\nlabel: benign\n")
+    configure(sets_dirs=[folder])
+    assert [p.text for p in load_prompts("m")] == ["first"]
+    entry(folder, "m", f"path: {tmp_path / 'm.csv'}\nformat: csv\ntext_column: b\nlabel: benign\n")
+    configure(sets_dirs=[folder])
+    assert [p.text for p in load_prompts("m")] == ["second"]
+
+
+def _one_set(tmp_path: Path, content: str, yaml_extra: str = "", suffix: str = "csv") -> None:
+    (tmp_path / f"f.{suffix}").write_text(content)
+    text = f"path: {tmp_path / f'f.{suffix}'}\nformat: {suffix}\ntext_column: prompt\n"
+    entry(tmp_path / "sets", "f", text + (yaml_extra or "label: benign\n"))
+    configure(sets_dirs=[tmp_path / "sets"])
+
+
+def test_a_missing_column_names_the_columns_that_exist(tmp_path):
+    _one_set(tmp_path, "question,topic\nWhy is the sky blue?,physics\n")
+    with pytest.raises(DataError) as error:
+        load_prompts("f")
+    assert "has no column 'prompt'" in one_line(error) and "'question', 'topic'" in one_line(error)
+
+
+def test_an_empty_file_is_one_line(tmp_path):
+    _one_set(tmp_path, "")
+    with pytest.raises(DataError) as error:
+        load_prompts("f")
+    assert one_line(error).endswith("f.csv is empty")
+    _one_set(tmp_path, "prompt\n")  # a header and no rows
+    with pytest.raises(DataError, match="has no rows"):
+        load_prompts("f")
+
+
+def test_a_label_outside_the_rule_is_one_line(tmp_path):
+    _one_set(
+        tmp_path,
+        "prompt,label\nq1,safe\nq2,maybe\nq3,unsafe\nq4,maybe\n",
+        "label_column: label\nlabel_values: {safe: benign, unsafe: harmful}\n",
+    )
+    with pytest.raises(DataError) as error:
+        load_prompts("f")
+    assert "'maybe' (rows 1, 3)" in one_line(error) and "outside label_values" in one_line(error)
+
+
+def test_duplicated_prompts_are_reported(tmp_path, caplog):
+    _one_set(tmp_path, "prompt\nsame question\nother\nsame question\n")
+    with caplog.at_level(logging.WARNING):
+        assert len(load_prompts("f")) == 3  # kept, and said
+    assert "1 prompt(s) appear more than once" in caplog.text and "rows 0, 2" in caplog.text
+    _one_set(tmp_path, "prompt\nsame question\nother\nsame question \n", "label: benign\nduplicates: error\n")
+    with pytest.raises(DataError) as error:
+        load_prompts("f")
+    assert "rows 0, 2" in one_line(error)
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("format: csv\ntext_column: prompt\nlabel: benign\n", "`path` is missing"),
+        ("path: x.csv\nformat: xlsx\ntext_column: prompt\nlabel: benign\n", "format 'xlsx' is not one of"),
+        ("path: x.csv\nformat: csv\ntext_column: prompt\nlabel: safe\n", "label 'safe' is not one of harmful, benign"),
+        ("path: x.csv\nformat: csv\ntext_column: prompt\n", "needs a label rule"),
+        ("path: x.csv\nformat: csv\ntext_column: p\nlabel_column: l\nlabel_values: {a: ok}\n", "map to 'ok'"),
+        ("path: x.csv\nformat: csv\ntext_colum: prompt\nlabel: benign\n", "unknown field(s) 'text_colum'"),
+        ("path: x.csv\nformat: csv\ntext_column: p\nlabel: benign\ntransform: nope\n", "unknown transform 'nope'"),
+        ("path: x.csv\nformat: csv\ntext_column: p\nlabel: benign\neval_sets: {x: harmful}\n", "asks for 'harmful'"),
+        ("path: [x.csv\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_entry_is_a_config_error_naming_its_file(tmp_path, text, fragment):
+    path = entry(tmp_path / "sets", "bad", text)
+    with pytest.raises(ConfigError) as error:
+        configure(sets_dirs=[tmp_path / "sets"])
+    assert fragment in one_line(error) and str(path) in one_line(error)
+
+
+def test_a_set_may_not_take_a_builtin_name(tmp_path):
+    entry(tmp_path / "sets", "xstest", f"path: {tmp_path / 'x.csv'}\nformat: csv\ntext_column: p\nlabel: benign\n")
+    with pytest.raises(ConfigError, match="name of a built-in entry"):
+        configure(sets_dirs=[tmp_path / "sets"])
+
+
+def test_a_relative_path_without_a_data_folder_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("SCANS_DATA_DIR", raising=False)
+    configure({"rel": {"path": "mine.csv", "format": "csv", "text_column": "p", "label": "benign"}})
+    with pytest.raises(DataError) as error:
+        load_prompts("rel")
+    assert "SCANS_DATA_DIR, which is unset" in one_line(error) and "absolute path" in one_line(error)
+
+
+def test_unknown_eval_sets_are_rejected_at_config_time():
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["data.eval_sets=[xstest_safe,nope]"])
+    with pytest.raises(ConfigError, match="data.eval_sets: unknown evaluation set.*'nope'.*configs/data/sets"):
+        validate_data(cfg)
