@@ -377,30 +377,44 @@ def swept(finished, tiny_model_dir, data_dir):
     return cfg, tmp, before
 
 
-def test_a_sweep_runs_in_parallel_through_hydras_joblib_launcher(finished, tiny_model_dir, data_dir, monkeypatch):
-    """Two jobs of a multirun at once (hydra/launcher=joblib, separate processes) over the same artifact store: both
-    finish, and the artifacts they share (vectors, similarities) are read, not rebuilt."""
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+@pytest.mark.parametrize(
+    "launcher, plugin, alphas, settings",
+    [
+        ("joblib", "hydra_joblib_launcher", (2.5, 3.5), ["hydra.launcher.n_jobs=2"]),
+        # The SLURM launcher's code path with submitit's local executor in place of sbatch.
+        ("submitit_local", "hydra_submitit_launcher", (2.25, 2.75), ["hydra.launcher.timeout_min=10"]),
+    ],
+)
+def test_a_sweep_runs_in_parallel_through_hydras_launchers(
+    finished, tiny_model_dir, data_dir, monkeypatch, launcher, plugin, alphas, settings
+):
+    """Two jobs of a multirun at once (separate processes) over the same artifact store: both finish, and the
+    artifacts they share (vectors, similarities) are read, not rebuilt."""
+    pytest.importorskip(f"hydra_plugins.{plugin}")
     cfg, tmp = finished
     before = {s: stage_dirs(tmp, s) for s in ("extract", "classify")}
     env = dict(os.environ, SCANS_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1")
+    sweep_dir = tmp / launcher
     args = [
         "model=local", f"model.source.path={tiny_model_dir}", "model.num_layers=2", "model.device=cpu",
         "model.hparams.steer_layers=0-1", "model.hparams.classify_layers=0-1", "model.hparams.threshold=0.5",
         "experiment=smoke", "generation.max_new_tokens=4", f"paths.artifacts={tmp / 'artifacts'}",
-        f"hydra.sweep.dir={tmp / 'joblib'}", "stage=sweep", "sweep.vary=alpha", "steer.alpha=2.5,3.5",
-        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep_dir}", "stage=sweep", "sweep.vary=alpha", f"steer.alpha={alphas[0]},{alphas[1]}",
+        f"hydra/launcher={launcher}", *settings,
     ]  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", "scans", "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Joblib.Parallel" in proc.stdout + proc.stderr  # the launcher ran the jobs
-    assert len(list((tmp / "joblib").glob("*steer.alpha=*"))) == 2
+    if launcher == "joblib":
+        assert "Joblib.Parallel" in proc.stdout + proc.stderr  # the launcher ran the jobs
+    else:
+        assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2  # one submitit job per value
+    assert len(list(sweep_dir.glob("*steer.alpha=*"))) == 2
     assert {s: stage_dirs(tmp, s) for s in ("extract", "classify")} == before
     monkeypatch.setattr(stage_context, "_MODELS", {})
     monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
-    for alpha in (2.5, 3.5):  # each job's column is complete: read back without a model
+    for alpha in alphas:  # each job's column is complete: read back without a model
         assert sweep.run(Run(make_cfg(tiny_model_dir, tmp, f"steer.alpha={alpha}", "sweep.vary=alpha")))["refusal"]
     assert (tmp / "artifacts" / ".locks").is_dir()  # the jobs took the artifacts' locks
 
