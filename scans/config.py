@@ -117,6 +117,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"capability.mmlu.shots={c.mmlu.shots!r}; MMLU has 5 dev questions per subject (0-5)")
     for b in c.cost.batch_sizes:
         positive_int(b, "capability.cost.batch_sizes[]")
+    from scans.judge import get_judge
+
+    for key in ("judge.name", "judge.fit"):
+        try:
+            get_judge(OmegaConf.select(cfg, key))
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
     validate_classifiers(cfg)
     validate_methods(cfg)
 

@@ -59,8 +59,19 @@ def test_every_key_that_uses_the_judge_changes_with_its_rules(tmp_path):
     before = _judge_keys(r)
     edited = _run(tmp_path)
     edited.judge_identity = {**edited.judge_identity, "rules": "edited"}  # what an edit of rules.py gives
+    edited.fit_judge_identity = {**edited.fit_judge_identity, "rules": "edited"}
     after = _judge_keys(edited)
     assert {k for k in before if before[k] == after[k]} == set()
+
+
+def test_another_reporting_judge_judges_again_and_rebuilds_nothing_else(tmp_path):
+    """`judge=<name>` re-judges the same responses; the choices (organism, tuning, baselines) keep their keys
+    until `judge.fit` names another judge."""
+    r, other = _run(tmp_path), _run(tmp_path, "judge=xstest_strmatch")
+    before, after = _judge_keys(r), _judge_keys(other)
+    assert {k for k in before if before[k] != after[k]} == {"judge"}
+    fitted = _judge_keys(_run(tmp_path, "judge=xstest_strmatch", "judge.fit=xstest_strmatch"))
+    assert {k for k in before if before[k] == fitted[k]} == set()
 
 
 def test_xsum_and_cost_keys_change_with_the_decoding(tmp_path):

@@ -25,7 +25,7 @@ from scans.report.capability import TABLE3_COLUMNS, TABLE4_COLUMNS
 from scans.report.sweeps import PAPER as TABLE7_LAYOUT
 from scans.report.sweeps import TABLE5_LEAD
 from scans.report.table2 import PAPER
-from scans.stages import Run, analyze, capability, classify, cost, extract, run_stage, steer, sweep, tune
+from scans.stages import Run, analyze, capability, classify, cost, extract, judge, run_stage, steer, sweep, tune
 from scans.stages import context as stage_context
 from scans.steering import harm, harm_reference
 
@@ -568,3 +568,18 @@ def test_a_new_prompt_set_goes_from_a_csv_to_a_table2_column_with_one_yaml_and_o
     page = (report_dir(tmp) / "table2.md").read_text()
     assert "garden ↓" in page and "garden 3" in page  # the column, lower is better, and its size
     assert "judge `scans_rules`" in page
+
+
+def test_table2_can_be_judged_by_another_judge_without_generating_again(finished, tiny_model_dir, monkeypatch):
+    """`judge=xstest_learned`: the same responses judged again (answers to XSTest prompts by models fitted without
+    them), the report names the judge, and no model is loaded."""
+    cfg, tmp = finished
+    r = Run(make_cfg(tiny_model_dir, tmp, "judge=xstest_learned"))
+    monkeypatch.setattr(stage_context, "_MODELS", {})
+    monkeypatch.setattr(Run, "lm", property(lambda self: pytest.fail("model loaded")))
+    run_stage("judge", r)
+    run_stage("report", r)
+    page = (report_dir(tmp) / "table2.md").read_text()
+    assert "judge `xstest_learned`" in page and "choices were made with `scans_rules`" in page
+    summary = judge.load(r, Default(), "xstest_safe", r.eval_sets["xstest_safe"])
+    assert summary["judge"] == "xstest_learned"

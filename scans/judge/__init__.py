@@ -1,14 +1,18 @@
-"""Refusal judges (reference §5.2): the paper's string rules, a registry to pick one by name, and their
-agreement with XSTest's human labels."""
+"""Refusal judges (reference §5.2): the paper's string rules, XSTest's string matcher, a judge learned from
+XSTest's human labels, a registry to pick one by name, and their agreement with those labels."""
 
 from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from scans.errors import ConfigError
+from scans.judge import agreement as _agreement_module
+from scans.judge import rules as _rules_module
+from scans.judge import strmatch as _strmatch_module
 from scans.judge.agreement import agreement, human_refusal
+from scans.judge.learned import LearnedJudge
 from scans.judge.rules import (
     DRO_MATCH_STRINGS,
     SCANS_EXTRA_STRINGS,
@@ -17,10 +21,15 @@ from scans.judge.rules import (
     is_refusal,
     refusal_flags,
 )
+from scans.judge.strmatch import is_strmatch_refusal
 
-# Judges by config name (`judge=<name>`); a new judge is one function and one entry here.
+# Judges by config name (`judge=<name>`); a new judge is one function (or callable object) and one entry here.
+# A judge whose answers depend on the prompt (the learned one, under the reported-set rule) also has
+# `flags(responses, prompts)`; `judge_flags` uses it.
 JUDGES: dict[str, Callable[[str], bool]] = {
     "scans_rules": is_refusal,
+    "xstest_strmatch": is_strmatch_refusal,
+    "xstest_learned": LearnedJudge(),  # fitted lazily, on first use
 }
 
 
@@ -32,25 +41,50 @@ def get_judge(name: str) -> Callable[[str], bool]:
         raise ConfigError(f"unknown judge {name!r}; known judges: {', '.join(sorted(JUDGES))}") from None
 
 
+def judge_flags(name: str, responses: Sequence[str], prompts: Sequence[str] | None = None) -> list[bool]:
+    """Refused? per response. With `prompts`, a judge that has `flags` (the learned one) judges each answer by a
+    model that never trained on answers to its prompt (the reported-set rule); otherwise one response at a time."""
+    judge = get_judge(name)
+    if prompts is not None and hasattr(judge, "flags"):
+        return list(judge.flags(list(responses), list(prompts)))
+    return [bool(judge(r)) for r in responses]
+
+
+# Modules whose source a learned judge's verdicts depend on besides its own (its features and its labels).
+_LEARNED_DEPENDENCIES = (_rules_module, _strmatch_module, _agreement_module)
+
+
 def judge_identity(name: str) -> dict:
-    """What a cache key must hold of a judge: its name and a hash of the source of the module that defines it
-    (`rules.py` for the paper's judge: the phrase lists and the matching code), so an edited rule is a new key."""
+    """What a cache key must hold of a judge: its name and, under `rules`, a hash of the source of the module that
+    defines it (`rules.py` for the paper's judge: the phrase lists and the matching code), so an edited rule is a
+    new key. For a learned judge the hash also covers the modules its features and labels come from, its
+    hyperparameters and the fingerprint of its training data."""
     from scans.artifacts import stable_hash
 
-    module = sys.modules[get_judge(name).__module__]
-    return {"name": name, "rules": stable_hash(inspect.getsource(module))}
+    judge = get_judge(name)
+    source = inspect.getsource(sys.modules[judge.__module__])
+    if not hasattr(judge, "identity"):
+        return {"name": name, "rules": stable_hash(source)}
+    parts = {
+        "source": [source] + [inspect.getsource(m) for m in _LEARNED_DEPENDENCIES],
+        **judge.identity(),
+    }
+    return {"name": name, "rules": stable_hash(parts)}
 
 
 __all__ = [
     "DRO_MATCH_STRINGS",
     "JUDGES",
+    "LearnedJudge",
     "SCANS_EXTRA_STRINGS",
     "SCANS_MATCH_STRINGS",
     "Conditional",
     "agreement",
     "get_judge",
+    "judge_flags",
     "judge_identity",
     "human_refusal",
     "is_refusal",
+    "is_strmatch_refusal",
     "refusal_flags",
 ]

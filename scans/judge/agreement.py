@@ -7,8 +7,9 @@ values). That matcher's agreement with the humans is our anchor: a judge of the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from scans.errors import DataError
@@ -29,6 +30,24 @@ def human_refusal(final_label: str) -> bool:
         raise ValueError(f"unknown XSTest label {final_label!r}; expected one of {sorted(_REFUSAL_BY_LABEL)}") from None
 
 
+def scores(judged: Sequence[bool], final_labels: Sequence[str]) -> dict[str, float]:
+    """`n`, `agreements` (count), `agreement` (share), `judge_refusal_rate` and `human_refusal_rate` of a judge's
+    verdicts against the human labels of the same completions, in order."""
+    if len(judged) != len(final_labels):
+        raise ValueError(f"{len(judged)} verdicts for {len(final_labels)} labels")
+    if len(judged) == 0:
+        raise DataError("agreement needs at least one labelled completion")
+    j = np.asarray(judged, dtype=bool)
+    human = np.array([human_refusal(label) for label in final_labels], dtype=bool)
+    return {
+        "n": len(j),
+        "agreements": int((j == human).sum()),
+        "agreement": float((j == human).mean()),
+        "judge_refusal_rate": float(j.mean()),
+        "human_refusal_rate": float(human.mean()),
+    }
+
+
 def agreement(df: pd.DataFrame, judge: Callable[[str], bool]) -> dict[str, float]:
     """Agreement of `judge` with the human labels of one XSTest completions table.
 
@@ -44,16 +63,9 @@ def agreement(df: pd.DataFrame, judge: Callable[[str], bool]) -> dict[str, float
         raise DataError("agreement needs at least one labelled completion")
 
     texts = df["completion"].fillna("").astype(str)
-    judged = pd.Series([bool(judge(t)) for t in texts], index=df.index)
-    human = df["final_label"].map(human_refusal)
-
-    result: dict[str, float] = {
-        "n": len(df),
-        "agreement": float((judged == human).mean()),
-        "judge_refusal_rate": float(judged.mean()),
-        "human_refusal_rate": float(human.mean()),
-    }
+    result = scores([bool(judge(t)) for t in texts], df["final_label"])
     if "strmatch_label" in df.columns:
+        human = df["final_label"].map(human_refusal)
         anchor = df["strmatch_label"].map(human_refusal)
         result["anchor_agreement"] = float((anchor == human).mean())
         result["anchor_refusal_rate"] = float(anchor.mean())

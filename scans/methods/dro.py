@@ -108,7 +108,7 @@ class DRO(Trained, Method):
             {
                 "model": run.model_identity,
                 "settings": s,
-                "judge": run.judge_identity,
+                "judge": run.fit_judge_identity,
                 "overlap": dict(run.cfg.overlap),
                 "decoding": run.decoding_identity,
                 "data": [data_fingerprint(self.harmful_set), data_fingerprint(self.harmless_set)],
@@ -200,7 +200,7 @@ class DRO(Trained, Method):
             return z, centred - z @ basis
 
         # Refusal and harmfulness boundaries in the PCA space (targets: complied, harmless).
-        judge = get_judge(run.cfg.judge.name)
+        judge = get_judge(run.cfg.judge.fit)
         dec = DecodingConfig(self.answer_tokens, run.cfg.generation.repetition_penalty, run.cfg.generation.batch_size)
         answers = generate(lm.model, lm.tokenizer, plain + prompted, dec, desc="DRO refusal labels")
         complied = [0.0 if judge(a) else 1.0 for a in answers]

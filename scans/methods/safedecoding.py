@@ -150,7 +150,7 @@ class SafeDecoding(Trained, Method):
             {
                 "model": run.model_identity,
                 "training": self._training(),
-                "judge": run.judge_identity,
+                "judge": run.fit_judge_identity,
                 "data": data_fingerprint(self.seed_set),
                 "overlap": dict(run.cfg.overlap),
             }  # fmt: skip
@@ -192,7 +192,7 @@ class SafeDecoding(Trained, Method):
         from scans.models import encode
         from scans.steering.batching import pad_left
 
-        judge = get_judge(run.cfg.judge.name)
+        judge = get_judge(run.cfg.judge.fit)
         lm = run.lm
         torch.manual_seed(self.seed)
         kept: dict[int, list[str]] = {i: [] for i in range(len(seeds))}

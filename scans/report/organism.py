@@ -43,7 +43,9 @@ def organism_table(counts: Mapping[str, Mapping[str, tuple[int, int]]]) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def organism_markdown(table: pd.DataFrame, summary: dict, sizes: Mapping[str, int], name: str) -> str:
+def organism_markdown(
+    table: pd.DataFrame, summary: dict, sizes: Mapping[str, int], name: str, judge: str = "scans_rules"
+) -> str:
     data = pd.DataFrame([{"source": s, **v} for s, v in summary["removed_and_used"].items()]).rename(
         columns={
             "evaluation_overlap": "removed (in a blocked set)",
@@ -57,7 +59,7 @@ def organism_markdown(table: pd.DataFrame, summary: dict, sizes: Mapping[str, in
         [
             f"# The model organism `{name}`",
             "",
-            "Refusal rate (%) of the Default (unsteered) model, judged with the paper's rules on held-out prompts",
+            f"Refusal rate (%) of the Default (unsteered) model, judged by `{judge}` on held-out prompts",
             "(" + ", ".join(f"{k} {v}" for k, v in sizes.items() if k in set(table["subset"])) + " prompts).",
             f"Targets ({len(table)}): {verdicts.count(MET)} met, {verdicts.count(MISSED)} missed, {unresolved} not"
             " resolved at this size (met: the whole 95% Wilson interval of the organism's rate is on the target's side;"

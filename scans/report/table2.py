@@ -196,12 +196,17 @@ def to_markdown(
     sizes: Mapping[str, int] | None = None,
     diffs: pd.DataFrame | None = None,
     judge: str | None = None,
+    fit_judge: str | None = None,
 ) -> str:
     """The paper's layout: ↓ where lower is better (refusal of safe prompts), ↑ where higher is better. With
     `<column>_lo`/`_hi` columns, each rate carries its 95% Wilson interval; `diffs`, each method's difference from
-    Default with its paired bootstrap interval; `judge`, the refusal judge that counted the refusals."""
+    Default with its paired bootstrap interval; `judge`, the refusal judge that counted the refusals, and `fit_judge`,
+    the one the pipeline's choices used (tuning, the organism's and the baselines' data)."""
     names = _arrows(lay)
-    text = f"Refusals counted by the judge `{judge}` (`judge=<name>`; scans/judge).\n\n" if judge else ""
+    text = ""
+    if judge:
+        text = f"Refusals counted by the judge `{judge}` (`judge=<name>`; scans/judge)"
+        text += f"; the choices were made with `{fit_judge}` (`judge.fit`).\n\n" if fit_judge else ".\n\n"
     if f"{lay.columns[0]}_lo" in df.columns:
         text += (
             "Rates in %, each with its 95% Wilson interval [low, high]; the Avg. columns are the share of right answers"

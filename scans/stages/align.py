@@ -56,7 +56,7 @@ def settings(r: Run) -> dict:
         "align": a,
         "blocked": blocked,
         "near_duplicate": float(r.cfg.overlap.near_duplicate),
-        "judge": r.judge_identity,
+        "judge": r.fit_judge_identity,
         "repetition_penalty": float(r.cfg.generation.repetition_penalty),  # the base model's answers
         "data": {name: data_fingerprint(name) for name in sources},
     }
@@ -77,7 +77,7 @@ def model_path(r: Run) -> Path:
 
 def _harmful_examples(r: Run, blocked: Blocklist, rng: random.Random) -> tuple[list[Example], dict]:
     a = r.cfg.align
-    judge = get_judge(r.cfg.judge.name)
+    judge = get_judge(r.cfg.judge.fit)
     report: dict[str, dict] = {}
     examples: list[Example] = []
     stl = load_prompts(REFUSAL_SOURCE)
@@ -148,7 +148,7 @@ def run(r: Run) -> Path | None:
 
     base = load_model(r.cfg.model.base, cache_dir=f"{r.cfg.paths.artifacts}/models")
     answers = self_answers(r, base, similar + plain)
-    judge = get_judge(r.cfg.judge.name)
+    judge = get_judge(r.cfg.judge.fit)
     sources = ["alpaca_lookalike"] * len(similar) + ["alpaca"] * len(plain)
     # A helpful example must be helpful: an empty answer, or one the judge counts as a refusal, is dropped.
     rows = zip(similar + plain, answers, sources)

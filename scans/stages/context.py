@@ -91,10 +91,18 @@ class Run:
 
     @cached_property
     def judge_identity(self) -> dict:
-        """The judge as cache keys hold it: its name and a hash of its rules (scans.judge.judge_identity)."""
+        """The reporting judge (`judge.name`) as cache keys hold it: its name and a hash of its rules
+        (scans.judge.judge_identity)."""
         from scans.judge import judge_identity
 
         return judge_identity(self.cfg.judge.name)
+
+    @cached_property
+    def fit_judge_identity(self) -> dict:
+        """The judge the pipeline's choices use (`judge.fit`: the organism's data, tuning, the baselines' data)."""
+        from scans.judge import judge_identity
+
+        return judge_identity(self.cfg.judge.fit)
 
     @cached_property
     def decoding_identity(self) -> dict:

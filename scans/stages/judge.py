@@ -6,7 +6,7 @@ import logging
 
 from scans import methods
 from scans.artifacts import read_json, read_jsonl, write_json, write_jsonl
-from scans.judge import get_judge
+from scans.judge import judge_flags
 from scans.methods import Default, Method
 from scans.stages import steer
 from scans.stages.context import Run
@@ -26,8 +26,8 @@ def judge_set(r: Run, method: Method, name: str, prompts) -> dict:
     k = key(r, responses_key)
     if r.store.is_complete(r.model_name, STAGE, k):
         return read_json(r.store.path(r.model_name, STAGE, k) / SUMMARY)
-    judge = get_judge(r.cfg.judge.name)
-    flags = [judge(row["response"]) for row in rows]
+    # With the prompts, a learned judge never judges an answer with a model trained on answers to its prompt.
+    flags = judge_flags(r.cfg.judge.name, [row["response"] for row in rows], [row["prompt"] for row in rows])
     summary = {
         "method": method.name,
         "eval_set": name,

@@ -84,7 +84,7 @@ def run(r: Run) -> Path:
     full = with_intervals(df, [intervals(c, lay) for c in tallies], lay)
     sizes = {name: len(r.eval_sets[name]) for name in lay.sets}
     md = "# Table 2: refusal rate (%)\n\n" + to_markdown(
-        full, lay, sizes, _differences(r, listed, lay), judge=r.cfg.judge.name
+        full, lay, sizes, _differences(r, listed, lay), judge=r.cfg.judge.name, fit_judge=r.cfg.judge.fit
     )
     write_table(out, "table2", full, md, tex=df)
     print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
@@ -105,7 +105,9 @@ def run(r: Run) -> Path:
         buf = io.StringIO()
         table.to_csv(buf, index=False, float_format="%.2f")
         write_text_atomic(out / "organism.csv", buf.getvalue())
-        write_text_atomic(out / "organism.md", organism_markdown(table, align.load_summary(r), sizes, r.model_name))
+        write_text_atomic(
+            out / "organism.md", organism_markdown(table, align.load_summary(r), sizes, r.model_name, r.cfg.judge.name)
+        )
     write_text_atomic(
         out / "disjointness.md",
         disjointness_markdown(disjointness_rows(r), blocked_sets(r.cfg, learned=False), o.near_duplicate),

@@ -20,7 +20,7 @@ from scans.artifacts import read_json, stable_hash, write_json
 from scans.config import parse_layers
 from scans.data import BENIGN, HARMFUL, evaluation_sets
 from scans.errors import ConfigError
-from scans.judge import get_judge
+from scans.judge import judge_flags
 from scans.methods import Default
 from scans.methods.scans import Scans, ScansClassifier
 from scans.stages import classify, steer
@@ -58,7 +58,7 @@ def key(r: Run) -> str:
             "overlap": r.overlap_inputs,
             "extract": r.extract_key,
             "model": r.model_identity,
-            "judge": r.judge_identity,
+            "judge": r.fit_judge_identity,
             "positions": r.cfg.steer.positions,
             "normalize": bool(r.cfg.steer.normalize),
             "generation": OmegaConf.to_container(r.cfg.generation, resolve=True),
@@ -81,13 +81,13 @@ def validation_behaviour(r: Run, method, coefficients=None) -> dict:
     """Refusal rates of a method on the validation generation subset, per label, and their balanced accuracy.
     `coefficients` (label -> per-prompt values) may be given when already at hand."""
     items = [p for prompts in validation(r).values() for p in prompts]
-    judge = get_judge(r.cfg.judge.name)
     rates = {}
     for lab, idx in generation_subset(r, items).items():
         coefs = None if coefficients is None else coefficients[lab]
         prompts = [items[i] for i in idx]
         responses = steer.respond(r, method, f"validation-{lab}", prompts, coefs, r.cfg.tune.max_new_tokens)
-        rates[lab] = float(np.mean([judge(row["response"]) for row in responses]))
+        texts, asked = [row["response"] for row in responses], [row["prompt"] for row in responses]
+        rates[lab] = float(np.mean(judge_flags(r.cfg.judge.fit, texts, asked)))
     rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
     return rates
 
