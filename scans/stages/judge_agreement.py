@@ -77,6 +77,17 @@ def agreement_table(table: pd.DataFrame, judges: list[str], selected: str) -> pd
     return pd.DataFrame(rows)
 
 
+def summary(out: pd.DataFrame) -> pd.DataFrame:
+    """One row per judge and protocol: the agreement (%) on each model, and the mean with its interval."""
+    rows = []
+    for (judge, protocol), df in out.groupby(["judge", "protocol"], sort=False):
+        cells = {m: f"{a:.1f}" for m, a in zip(df["model"], df["agreement"]) if m != "mean"}
+        mean = df[df["model"] == "mean"].iloc[0]
+        rows.append({"judge": f"`{judge}`", "protocol": protocol, **cells,
+                     "mean [95% CI]": f"{mean['agreement']:.1f} {mean['agreement_95ci']}"})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def run(r: Run) -> pd.DataFrame:
     selected = r.cfg.judge.name
     get_judge(selected)  # an unknown configured judge is a config error before any scoring
@@ -95,6 +106,10 @@ def run(r: Run) -> pd.DataFrame:
         *(f"- *{p}*: {text}" for p, text in PROTOCOLS.items() if p in set(out["protocol"])),
         "",
         "Mean agreement: " + "; ".join(f"`{j}` ({p}) {a:.1f}%" for (j, p), a in means.items()) + ".",
+        "",
+        summary(out).to_markdown(index=False, disable_numparse=True),
+        "",
+        "Per model, with the refusal rates:",
         "",
         out.to_markdown(index=False, floatfmt=".1f"),
         "",
