@@ -296,7 +296,7 @@ def tiny_run(tiny_model_dir, tmp_path, data_dir, monkeypatch):
     monkeypatch.setitem(judge_lib.JUDGES, "even_length", lambda text: len(text) % 2 == 0)
     from test_pipeline import make_cfg
 
-    cfg = make_cfg(tiny_model_dir, tmp_path, "judge.name=even_length")
+    cfg = make_cfg(tiny_model_dir, tmp_path, "judge.name=even_length", "judge.fit=even_length")
     return Run(cfg)
 
 

@@ -63,12 +63,20 @@ class Scans(Method):
     def upstream(self, run) -> dict:
         return {"extract": run.extract_key}
 
+    def steering(self, vectors: torch.Tensor) -> Steering:
+        """Eq. 6's intervention: the refusal vectors (L, D) added on the steering layers with this row's α."""
+        return Steering(vectors, self.steer_layers, float(self.alpha), self.positions)
+
     def intervention(self, run) -> Steering:
-        return Steering(_vectors(run, self.normalize), self.steer_layers, float(self.alpha), self.positions)
+        return self.steering(_vectors(run, self.normalize))
+
+    def coefficients_from(self, layer_sims: torch.Tensor) -> torch.Tensor:
+        """σ(q)·α per query (Eq. 6's coefficient) from per-layer similarities (N, L)."""
+        return self.signs(layer_sims).float() * self.alpha
 
     def coefficients(self, run, prompts, name) -> torch.Tensor:
-        """σ(q)·α per query (Eq. 6's coefficient)."""
-        return self.signs(layer_similarities(run, prompts, name)).float() * self.alpha
+        """σ(q)·α per query of a prompt set."""
+        return self.coefficients_from(layer_similarities(run, prompts, name))
 
     def response_inputs(self, coefficients) -> dict:
         """A steered generation depends on 𝓛 and 𝒯 only through each prompt's σ(q): the key holds the signs
@@ -124,8 +132,7 @@ class ScansClassifier(Scans):
         """The classifier's sign times α per query."""
         from scans.stages import classify
 
-        scores = classify.scores(run, self.kind, self.anchors, name, list(prompts))
-        return self.signs(scores).float() * self.alpha
+        return self.coefficients_from(classify.scores(run, self.kind, self.anchors, name, list(prompts)))
 
     def response_inputs(self, coefficients) -> dict:
         out = super().response_inputs(coefficients)
@@ -137,23 +144,27 @@ class ScansClassifier(Scans):
 def _vectors(run, normalize: bool) -> torch.Tensor:
     from scans.stages import extract
 
-    v = extract.load(run)["mean_difference"]
-    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12) if normalize else v
+    return extract.steering_vectors(extract.load(run)["mean_difference"], normalize)
+
+
+def query_similarities(run, texts: Sequence[str], direction: torch.Tensor, response: str) -> torch.Tensor:
+    """(N, L) similarities of queries with the harm direction (Eqs. 2-3), in `classify.batch_size` batches."""
+    from scans.steering import classify as classify_queries
+
+    c = run.cfg.classify
+    return classify_queries(
+        run.lm.model, run.lm.chat, list(texts), direction, c.batch_size, response=response
+    ).layer_similarities
 
 
 def layer_similarities(run, prompts: Sequence, name: str | None) -> torch.Tensor:
     """(N, L) similarities: cached per set by the `classify` stage, or computed afresh (name None)."""
     from scans.stages import classify, extract
-    from scans.steering import classify as classify_queries
 
     if name is not None:
         return classify.similarities(run, name, list(prompts))
-    c = run.cfg.classify
     direction = extract.load(run)["harm_direction"]
-    result = classify_queries(
-        run.lm.model, run.lm.chat, [p.text for p in prompts], direction, c.batch_size, response=c.response
-    )
-    return result.layer_similarities
+    return query_similarities(run, [p.text for p in prompts], direction, run.cfg.classify.response)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -10,10 +11,33 @@ import torch
 from scans.artifacts import load_tensors, save_tensors, write_jsonl
 from scans.stages.context import Run
 from scans.steering import harm_reference
+from scans.steering.classifier import HarmReference
 
 log = logging.getLogger(__name__)
 STAGE = "extract"
 VECTORS = "vectors.safetensors"
+
+
+def reference(r: Run, harmful: Sequence[str], benign: Sequence[str]) -> HarmReference:
+    """Eqs. 1 and 3 of two prompt lists as this stage computes them (also `scans.api`): the raw mean difference
+    (made unit-norm when loaded, by `steering_vectors`) and the harm direction, with `classify`'s batch and response."""
+    c = r.cfg.classify
+    return harm_reference(
+        r.lm.model,
+        r.lm.chat,
+        list(harmful),
+        list(benign),
+        batch_size=c.batch_size,
+        normalize=False,
+        response=c.response,
+    )
+
+
+def steering_vectors(mean_difference: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """The refusal vectors v^l that steering adds: the mean difference made unit-norm per layer (steer.normalize)."""
+    if normalize:
+        return mean_difference / mean_difference.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return mean_difference
 
 
 def run(r: Run) -> Path:
@@ -22,15 +46,7 @@ def run(r: Run) -> Path:
         log.info("extract: reusing %s", r.store.path(r.model_name, STAGE, key))
         return r.store.path(r.model_name, STAGE, key)
     a = r.anchors
-    ref = harm_reference(
-        r.lm.model,
-        r.lm.chat,
-        [p.text for p in a.harmful_anchors],
-        [p.text for p in a.benign_anchors],
-        batch_size=r.cfg.classify.batch_size,
-        normalize=False,
-        response=r.cfg.classify.response,
-    )
+    ref = reference(r, [p.text for p in a.harmful_anchors], [p.text for p in a.benign_anchors])
     provenance = {
         "model": r.model_identity,
         "model_name": r.model_name,
@@ -59,7 +75,5 @@ def load(r: Run) -> dict[str, torch.Tensor]:
     """{"refusal_vectors" (unit-norm per layer unless steer.normalize=false), "harm_direction"}."""
     path = r.store.require(r.model_name, STAGE, r.extract_key, "python -m scans stage=extract")
     t = load_tensors(path / VECTORS)
-    v = t["mean_difference"]
-    if r.cfg.steer.normalize:
-        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    v = steering_vectors(t["mean_difference"], r.cfg.steer.normalize)
     return {"refusal_vectors": v, "harm_direction": t["harm_direction"], "mean_difference": t["mean_difference"]}
