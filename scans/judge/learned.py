@@ -19,8 +19,15 @@ dealt into `folds` folds; the answer to a prompt that equals or nearly duplicate
 model fitted without their folds, any other answer by the model fitted on everything (which is also what calling
 the judge on a bare response uses).
 
-Hyperparameters live in `SETTINGS` (a sweep-free constant: they were chosen once, on the leave-one-model-out
-score); the judge's identity (`scans.judge.judge_identity`) hashes them with this file and the training data.
+Hyperparameters live in `SETTINGS` (C = 16, matcher_weight = 3), picked on the leave-one-model-out score of all five
+models, so its scores there (94.8%; 94.2% grouped by prompt) saw the held-out model during the choice.
+`scripts/judge_nested_cv.py` redoes the choice blind to the held-out model. With plain leave-one-model-out every
+outer fold picks C = 64, matcher_weight = 1: nested 95.6% [94.6, 96.3]. Grouped by prompt, the folds pick different
+settings and the nested score is 90.8% [89.6, 92.0]. The inner scores barely separate the settings (93.6-94.3%), and
+GPT-4's one-sentence refusal style only shows when GPT-4 is held out: C = 64 scores GPT-4 at 79.8-87.3% by prompt,
+C = 16 at 97.3%. SETTINGS keeps C = 16, the better setting under the stricter, by-prompt protocol, which is how the
+judge is used (answers to new prompts). The judge's identity (`scans.judge.judge_identity`) hashes SETTINGS with this
+file and the training data.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ TRAINING_TABLE = "xstest_completions"
 
 @dataclass(frozen=True)
 class Settings:
-    """The learned judge's hyperparameters (chosen on the leave-one-model-out score of XSTest, see README)."""
+    """The learned judge's hyperparameters (chosen on XSTest's leave-one-model-out scores, see the module doc)."""
 
     opening_chars: int = 300  # the opening holds the refusal; a longer window adds the topic, not the stance
     word_ngrams: tuple[int, int] = (1, 2)

@@ -105,6 +105,10 @@ def run(r: Run) -> pd.DataFrame:
         "Protocols:",
         *(f"- *{p}*: {text}" for p, text in PROTOCOLS.items() if p in set(out["protocol"])),
         "",
+        "A learned judge's hyperparameters were chosen on these scores of all five models, so they saw each held-out"
+        " model during the choice; `python scripts/judge_nested_cv.py [--by-prompt]` redoes the choice blind to it"
+        " (nested leave one model out).",
+        "",
         "Mean agreement: " + "; ".join(f"`{j}` ({p}) {a:.1f}%" for (j, p), a in means.items()) + ".",
         "",
         summary(out).to_markdown(index=False, disable_numparse=True),
