@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m scans
 
-.PHONY: setup lint test reproduce sweeps capability-all reproduce-all bench report clean
+.PHONY: setup lint test reproduce sweeps capability-all reproduce-all bench report judges clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ reproduce-all: reproduce sweeps capability-all
 
 report:
 	$(RUN) stage=report
+
+# Every refusal judge against XSTest's human labels, and the learned judge's nested estimates (~12 min on one core).
+judges:
+	$(RUN) stage=judge_agreement
+	$(PY) scripts/judge_nested_cv.py
+	$(PY) scripts/judge_nested_cv.py --by-prompt
 
 bench:
 	$(PY) scripts/bench_steering.py --batch-sizes 1 16 --repeats 3
