@@ -343,9 +343,9 @@ def test_judge_identity_changes_with_the_learned_judges_hyperparameters(monkeypa
 
 
 def test_learned_judge_identity_holds_its_training_data_fingerprint(data_dir):
-    from scans.data import data_fingerprint
+    from scans.data import dataset_key
 
-    assert get_judge("xstest_learned").identity()["data"] == data_fingerprint("xstest_completions")
+    assert get_judge("xstest_learned").identity()["data"] == dataset_key("xstest_completions")
 
 
 # --- the judge_agreement stage's table ------------------------------------------------------------------------

@@ -103,6 +103,33 @@ def test_an_edited_entry_is_read_again(tmp_path):
     assert [p.text for p in load_prompts("m")] == ["second"]
 
 
+def test_an_edited_entry_is_a_new_key_for_everything_that_reads_it(tmp_path, data_dir):
+    """The file is unchanged, so its fingerprint is too; the entry reads other prompts, so the keys move."""
+    from scans.data import data_fingerprint, dataset_key
+    from scans.stages import Run
+
+    (tmp_path / "m.csv").write_text("a,b\nHow do I bake bread?,How do I pick a lock?\n")
+    keys = []
+    for column, label in (("a", "benign"), ("b", "harmful")):
+        entry(
+            tmp_path / "sets", "m", f"path: {tmp_path / 'm.csv'}\nformat: csv\ntext_column: {column}\nlabel: {label}\n"
+        )
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(
+                "config",
+                overrides=[
+                    "model=smollm2_135m_instruct",
+                    f"data.sets_dirs=[{tmp_path / 'sets'}]",
+                    "data.eval_sets=[xstest_safe,m]",
+                    f"paths.artifacts={tmp_path / 'artifacts'}",
+                ],
+            )
+        r = Run(cfg)  # reads the run's entries
+        keys.append((data_fingerprint("m"), dataset_key("m"), r.extract_key))
+    assert keys[0][0] == keys[1][0]  # the same bytes
+    assert keys[0][1] != keys[1][1] and keys[0][2] != keys[1][2]  # the disjointness rule reads other prompts
+
+
 def _one_set(tmp_path: Path, content: str, yaml_extra: str = "", suffix: str = "csv") -> None:
     (tmp_path / f"f.{suffix}").write_text(content)
     text = f"path: {tmp_path / f'f.{suffix}'}\nformat: {suffix}\ntext_column: prompt\n"

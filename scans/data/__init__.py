@@ -3,7 +3,7 @@ pinned network sources, and the paper's splits."""
 
 from scans.data.catalogue import EvalSet, catalogue, configure, configure_from, eval_sets, get_eval_set, get_spec
 from scans.data.fetch import ENV_DATA_DIR, data_dir
-from scans.data.fingerprint import data_fingerprint, data_source, files_stamp
+from scans.data.fingerprint import data_fingerprint, data_source, dataset_key, files_stamp
 from scans.data.registry import Prompt, load_prompts, load_table
 from scans.data.spec import BENIGN, HARMFUL, LABELS, DatasetSpec, HubSource
 from scans.data.splits import AnchorSplit, anchor_split, evaluation_sets
@@ -25,6 +25,7 @@ __all__ = [
     "data_dir",
     "data_fingerprint",
     "data_source",
+    "dataset_key",
     "eval_sets",
     "evaluation_sets",
     "files_stamp",

@@ -9,7 +9,6 @@ A name may be defined once: a run's set cannot silently replace a built-in one.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -20,8 +19,6 @@ import yaml
 
 from scans.data.spec import DatasetSpec, spec_from_mapping
 from scans.errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
 
 SETS_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "data" / "sets"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from scans.data.catalogue import get_spec
@@ -62,3 +63,22 @@ def files_stamp(name: str) -> tuple | None:
         return (spec, *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in local_files(spec)))
     except (DataError, OSError):
         return None
+
+
+def dataset_key(name: str) -> str:
+    """What an artifact key holds of a dataset: its data (`data_fingerprint`) and how the entry reads it (format,
+    columns, label rule, parser options, transforms), so that an edited entry, not only an edited file, is a new key."""
+    spec = get_spec(name)
+    reading = {
+        "format": spec.format,
+        "text_column": spec.text_column,
+        "label": spec.label,
+        "label_column": spec.label_column,
+        "label_values": sorted(spec.label_values),
+        "read_options": sorted((k, repr(v)) for k, v in spec.read_options),
+        "file_columns": spec.file_columns,
+        "transform": spec.transform,
+        "hub_transform": spec.hub.transform if spec.hub is not None else None,
+    }
+    payload = json.dumps({"data": data_fingerprint(name), "reading": reading}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -269,9 +269,9 @@ class LearnedJudge:
 
     def identity(self) -> dict:
         """What besides the source identifies this judge: its hyperparameters and its training data."""
-        from scans.data import data_fingerprint
+        from scans.data import dataset_key
 
-        data = data_fingerprint(TRAINING_TABLE) if self._table is None else "in-memory table"
+        data = dataset_key(TRAINING_TABLE) if self._table is None else "in-memory table"
         return {"settings": asdict(self.settings), "data": data}
 
 

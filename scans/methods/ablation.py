@@ -95,7 +95,7 @@ class FalseRefusalAblation(Method):
         object.__setattr__(self, "candidate_layers", tuple(int(x) for x in self.candidate_layers))
 
     def key(self, run) -> str:
-        from scans.data import data_fingerprint
+        from scans.data import dataset_key
 
         s = self.settings()
         for k in ("layer", "candidate_layers"):
@@ -106,7 +106,7 @@ class FalseRefusalAblation(Method):
                 "model": run.model_identity,
                 "settings": s,
                 "overlap": dict(run.cfg.overlap),
-                "data": [data_fingerprint(n) for n in sets],
+                "data": [dataset_key(n) for n in sets],
             }  # fmt: skip
         )
 

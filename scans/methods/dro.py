@@ -100,7 +100,7 @@ class DRO(Trained, Method):
     prefix = "dro"
 
     def training_key(self, run) -> str:
-        from scans.data import data_fingerprint
+        from scans.data import dataset_key
 
         s = self.settings()
         s.pop("soft_prompt")
@@ -111,7 +111,7 @@ class DRO(Trained, Method):
                 "judge": run.fit_judge_identity,
                 "overlap": dict(run.cfg.overlap),
                 "decoding": run.decoding_identity,
-                "data": [data_fingerprint(self.harmful_set), data_fingerprint(self.harmless_set)],
+                "data": [dataset_key(self.harmful_set), dataset_key(self.harmless_set)],
             }  # fmt: skip
         )
 

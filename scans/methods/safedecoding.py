@@ -144,14 +144,14 @@ class SafeDecoding(Trained, Method):
         return s
 
     def training_key(self, run) -> str:
-        from scans.data import data_fingerprint
+        from scans.data import dataset_key
 
         return stable_hash(
             {
                 "model": run.model_identity,
                 "training": self._training(),
                 "judge": run.fit_judge_identity,
-                "data": data_fingerprint(self.seed_set),
+                "data": dataset_key(self.seed_set),
                 "overlap": dict(run.cfg.overlap),
             }  # fmt: skip
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from scans.artifacts import read_json, read_jsonl, stable_hash, write_json, write_jsonl
-from scans.data import data_fingerprint, load_prompts
+from scans.data import dataset_key, load_prompts
 from scans.data.overlap import Blocklist, blocked_sets, rule
 from scans.judge import get_judge
 from scans.models import encode, load_model
@@ -58,7 +58,7 @@ def settings(r: Run) -> dict:
         "near_duplicate": float(r.cfg.overlap.near_duplicate),
         "judge": r.fit_judge_identity,
         "repetition_penalty": float(r.cfg.generation.repetition_penalty),  # the base model's answers
-        "data": {name: data_fingerprint(name) for name in sources},
+        "data": {name: dataset_key(name) for name in sources},
     }
 
 

@@ -18,7 +18,7 @@ from scans.artifacts import read_json, read_jsonl, stable_hash, write_json, writ
 from scans.capability import mmlu as mmlu_lib
 from scans.capability import perplexity as ppl_lib
 from scans.capability import xsum as xsum_lib
-from scans.data import BENIGN, Prompt, data_fingerprint, load_table
+from scans.data import BENIGN, Prompt, dataset_key, load_table
 from scans.methods import Default, Method
 from scans.stages import steer
 from scans.stages.context import Run
@@ -93,7 +93,7 @@ def _xsum_inputs(r: Run, method: Method):
 
 
 def _mmlu_key(r: Run, method: Method) -> str:
-    return _key(r, "mmlu", method, {"data": data_fingerprint("mmlu"), "protocol": mmlu_lib.PROTOCOL})
+    return _key(r, "mmlu", method, {"data": dataset_key("mmlu"), "protocol": mmlu_lib.PROTOCOL})
 
 
 def xsum(r: Run, method: Method) -> dict:
@@ -121,7 +121,7 @@ def windows(r: Run, corpus: str) -> list[ppl_lib.Window]:
 
 
 def _perplexity_key(r: Run, method: Method, corpus: str) -> str:
-    return _key(r, "perplexity", method, {"corpus": corpus, "data": data_fingerprint(corpus)})
+    return _key(r, "perplexity", method, {"corpus": corpus, "data": dataset_key(corpus)})
 
 
 def cached_perplexity(r: Run, method: Method, corpus: str) -> dict | None:

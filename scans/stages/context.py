@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scans.artifacts import ArtifactStore, stable_hash
 from scans.config import ANCHOR_LAYERS, SEGMENTS, parse_layers
-from scans.data import AnchorSplit, Prompt, anchor_split, data_fingerprint, evaluation_sets, load_prompts
+from scans.data import AnchorSplit, Prompt, anchor_split, dataset_key, evaluation_sets, load_prompts
 from scans.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class Run:
             "benign": a.benign,
             "size": a.size,
             "seed": a.seed,
-            "fingerprints": {a.harmful: data_fingerprint(a.harmful), a.benign: data_fingerprint(a.benign)},
+            "fingerprints": {a.harmful: dataset_key(a.harmful), a.benign: dataset_key(a.benign)},
             "disjoint_from": self.overlap_inputs,
         }
 
@@ -164,7 +164,7 @@ class Run:
         from scans.data.overlap import blocked_sets
 
         return {
-            "sets": {n: data_fingerprint(n) for n in blocked_sets(self.cfg)},
+            "sets": {n: dataset_key(n) for n in blocked_sets(self.cfg)},
             "near_duplicate": float(self.cfg.overlap.near_duplicate),
         }
 
