@@ -121,9 +121,21 @@ def validate(cfg: DictConfig) -> None:
 
     for key in ("judge.name", "judge.fit"):
         try:
-            get_judge(OmegaConf.select(cfg, key))
+            judge = get_judge(OmegaConf.select(cfg, key))
         except ConfigError as exc:
             raise ConfigError(f"{key}: {exc}") from None
+        settings = getattr(judge, "settings", None)  # a judge learned from answers to a reported set (XSTest)
+        if settings is not None and key == "judge.fit":
+            raise ConfigError(
+                f"judge.fit={cfg.judge.fit}: a judge trained on answers to a reported set (XSTest) may count reported "
+                "refusals (judge=...) but not make the pipeline's choices; use scans_rules or xstest_strmatch"
+            )
+        if settings is not None and cfg.overlap.near_duplicate < settings.near_duplicate:
+            raise ConfigError(
+                f"judge={cfg.judge.name} keeps prompts with content-word Jaccard >= {settings.near_duplicate} out of "
+                f"the model that judges them, but overlap.near_duplicate={cfg.overlap.near_duplicate} counts lower "
+                "overlaps as duplicates; raise it or use another judge"
+            )
     validate_classifiers(cfg)
     validate_methods(cfg)
 
@@ -131,27 +143,49 @@ def validate(cfg: DictConfig) -> None:
 def validate_data(cfg: DictConfig) -> None:
     """The run's own dataset entries (`data.sets`, `data.sets_dirs`) are read and checked, and every set the config
     names (evaluation, validation, anchors, the disjointness rule's) must exist in the catalogue."""
-    from scans.data import catalogue, configure_from, eval_sets
+    from scans.data import BENIGN, HARMFUL, catalogue, configure_from, eval_sets, load_prompts
+    from scans.data.catalogue import builtin
 
     configure_from(cfg)
     if not cfg.data.eval_sets:
         raise ConfigError("data.eval_sets is empty")
     known = eval_sets()
-    for key in ("data.eval_sets", "tune.validation_sets"):
-        unknown = [n for n in OmegaConf.select(cfg, key) if n not in known]
+    for key in ("data.eval_sets", "tune.validation_sets", "sweep.sets"):
+        listed = list(OmegaConf.select(cfg, key))
+        unknown = [n for n in listed if n not in known]
         if unknown:
             raise ConfigError(
                 f"{key}: unknown evaluation set(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)} "
                 "(a new one is a YAML file in configs/data/sets/, see its README.md)"
             )
+        twice = sorted({n for n in listed if listed.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{key} lists {', '.join(map(repr, twice))} more than once")
+    if cfg.stage in ("all", "analyze", "sweep", "report"):  # Tables 5-7 and Figures 4-5 read these sets' results
+        needed = dict.fromkeys([*cfg.sweep.sets, "xstest_safe", "xstest_unsafe"])
+        missing = [n for n in needed if n not in cfg.data.eval_sets]
+        if missing:
+            raise ConfigError(
+                f"stage={cfg.stage} needs {', '.join(missing)} in data.eval_sets (Tables 5-7 show sweep.sets; "
+                "Figures 4-5 and Table 7's F1 are on XSTest)"
+            )
+    # A run's own evaluation files are read now, so that a bad file stops the run before any model is loaded.
+    for name in cfg.data.eval_sets:
+        if known[name].dataset not in builtin():
+            load_prompts(known[name].dataset)
     anchored = {cfg.data.anchors.harmful, cfg.data.anchors.benign}
     drawn = [n for n in cfg.tune.validation_sets if known[n].dataset in anchored]
     if drawn:
         raise ConfigError(f"tune.validation_sets: {', '.join(drawn)} come from the anchors' datasets; choose others")
     names = catalogue()
-    for key in ("data.anchors.harmful", "data.anchors.benign"):
-        if OmegaConf.select(cfg, key) not in names:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is not a dataset of the catalogue")
+    for key, label in (("data.anchors.harmful", HARMFUL), ("data.anchors.benign", BENIGN)):
+        name = OmegaConf.select(cfg, key)
+        if name not in names:
+            raise ConfigError(f"{key}={name!r} is not a dataset of the catalogue")
+        spec = names[name]
+        labels = {spec.label} if spec.label else {v for _, v in spec.label_values}
+        if label not in labels:
+            raise ConfigError(f"{key}={name!r} has no {label} prompts (its label rule gives {sorted(labels)})")
     unknown = [n for n in cfg.overlap.sets if n not in names]
     if unknown:
         raise ConfigError(f"overlap.sets: unknown dataset(s) {', '.join(map(repr, unknown))}")

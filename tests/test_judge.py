@@ -342,10 +342,36 @@ def test_judge_identity_changes_with_the_learned_judges_hyperparameters(monkeypa
     assert judge_identity("scans_rules")["rules"] != before["rules"]
 
 
-def test_learned_judge_identity_holds_its_training_data_fingerprint(data_dir):
-    from scans.data import dataset_key
+def test_learned_judge_identity_follows_its_training_file(data_dir, tmp_path, monkeypatch):
+    """One changed label in a copy of the training files is another judge."""
+    import shutil
 
-    assert get_judge("xstest_learned").identity()["data"] == dataset_key("xstest_completions")
+    before = judge_identity("xstest_learned")
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir / "xstest", copy / "xstest")
+    monkeypatch.setenv("SCANS_DATA_DIR", str(copy))
+    assert judge_identity("xstest_learned") == before  # the same bytes elsewhere: the same judge
+    path = next((copy / "xstest" / "automated_evaluation_labels").glob("*gpt4_streval.csv"))
+    path.write_text(path.read_text().replace("2_full_refusal", "1_full_compliance", 1))
+    assert judge_identity("xstest_learned")["rules"] != before["rules"]
+
+
+def test_a_judge_trained_on_a_reported_set_may_count_refusals_but_not_make_choices():
+    from hydra import compose, initialize_config_dir
+
+    from scans.cli import CONFIG_DIR
+    from scans.config import validate
+    from scans.errors import ConfigError
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        counting = compose("config", overrides=["judge=xstest_learned"])
+        choosing = compose("config", overrides=["judge=xstest_learned", "judge.fit=xstest_learned"])
+        looser = compose("config", overrides=["judge=xstest_learned", "overlap.near_duplicate=0.5"])
+    assert counting.judge.fit == "scans_rules"
+    with pytest.raises(ConfigError, match="judge.fit=xstest_learned: a judge trained on answers to a reported set"):
+        validate(choosing)
+    with pytest.raises(ConfigError, match="overlap.near_duplicate=0.5 counts lower overlaps"):
+        validate(looser)
 
 
 # --- the judge_agreement stage's table ------------------------------------------------------------------------

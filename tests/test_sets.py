@@ -84,6 +84,7 @@ def test_a_jsonl_given_on_the_command_line_is_a_set(tmp_path):
             "config",
             overrides=[
                 f"+data.sets.jokes={{path: {tmp_path / 'p.jsonl'}, format: jsonl, text_column: text, label: benign}}",
+                "stage=steer",
                 "data.eval_sets=[xstest_safe,jokes]",
             ],
         )
@@ -142,13 +143,14 @@ def test_a_missing_column_names_the_columns_that_exist(tmp_path):
     with pytest.raises(DataError) as error:
         load_prompts("f")
     assert "has no column 'prompt'" in one_line(error) and "'question', 'topic'" in one_line(error)
+    assert "f.yaml" in one_line(error)
 
 
 def test_an_empty_file_is_one_line(tmp_path):
     _one_set(tmp_path, "")
     with pytest.raises(DataError) as error:
         load_prompts("f")
-    assert one_line(error).endswith("f.csv is empty")
+    assert "f.csv is empty" in one_line(error) and "f.yaml" in one_line(error)  # the file and its entry
     _one_set(tmp_path, "prompt\n")  # a header and no rows
     with pytest.raises(DataError, match="has no rows"):
         load_prompts("f")
@@ -163,6 +165,7 @@ def test_a_label_outside_the_rule_is_one_line(tmp_path):
     with pytest.raises(DataError) as error:
         load_prompts("f")
     assert "'maybe' (rows 1, 3)" in one_line(error) and "outside label_values" in one_line(error)
+    assert "f.csv" in one_line(error) and "f.yaml" in one_line(error)
 
 
 def test_duplicated_prompts_are_reported(tmp_path, caplog):
@@ -216,3 +219,63 @@ def test_unknown_eval_sets_are_rejected_at_config_time():
         cfg = compose("config", overrides=["data.eval_sets=[xstest_safe,nope]"])
     with pytest.raises(ConfigError, match="data.eval_sets: unknown evaluation set.*'nope'.*configs/data/sets"):
         validate_data(cfg)
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["data.eval_sets=[xstest_safe,xstest_unsafe,xstest_safe]"], "lists 'xstest_safe' more than once"),
+        (["sweep.sets=[oktest,oktest]"], "sweep.sets lists 'oktest' more than once"),
+        (["data.anchors.harmful=oktest"], "data.anchors.harmful='oktest' has no harmful prompts"),
+        (["data.anchors.benign=malicious"], "data.anchors.benign='malicious' has no benign prompts"),
+        (["stage=report", "data.eval_sets=[oktest,advbench]"], "needs xstest_safe, xstest_unsafe, malicious"),
+    ],
+)
+def test_set_lists_are_checked_at_config_time(overrides, fragment):
+    with pytest.raises(ConfigError) as error:
+        validate_data(_cfg(*overrides))
+    assert fragment in one_line(error)
+
+
+def test_a_bad_file_of_a_runs_own_set_stops_the_run_at_config_time(tmp_path):
+    (tmp_path / "g.csv").write_text("question\nWhy?\n")
+    cfg = _cfg(
+        f"+data.sets.g={{path: {tmp_path / 'g.csv'}, format: csv, text_column: prompt, label: benign}}",
+        "stage=steer",
+        "data.eval_sets=[xstest_safe,g]",
+    )
+    with pytest.raises(DataError, match="has no column 'prompt'"):
+        validate_data(cfg)
+
+
+def test_a_two_label_anchor_file_gives_each_side_its_own_labels_prompts(tmp_path, data_dir):
+    """XSTest as both anchor files: harmful anchors are unsafe prompts, benign ones safe, and each evaluation set is
+    its label's held-out part, with no anchor in it."""
+    from scans.stages import Run
+
+    r = Run(_cfg("data.anchors.harmful=xstest", "data.anchors.benign=xstest", f"paths.artifacts={tmp_path}"))
+    a = r.anchors
+    assert {p.label for p in a.harmful_anchors} == {HARMFUL} and {p.label for p in a.benign_anchors} == {BENIGN}
+    sets = evaluation_sets(["xstest_safe", "xstest_unsafe"], limit=None, seed=0, heldout=a)
+    assert len(sets["xstest_safe"]) == 250 - 64 and len(sets["xstest_unsafe"]) == 200 - 64
+    assert not set(sets["xstest_safe"]) & set(a.benign_anchors) and not set(sets["xstest_unsafe"]) & set(
+        a.harmful_anchors
+    )
+
+
+def test_a_held_back_entry_is_kept_off_everything_learnt(tmp_path):
+    from scans.data.overlap import blocked_sets
+
+    entry(
+        tmp_path / "sets",
+        "hb",
+        f"path: {tmp_path / 'hb.csv'}\nformat: csv\ntext_column: p\nlabel: benign\nheld_back: true\n",
+    )
+    cfg = _cfg(f"data.sets_dirs=[{tmp_path / 'sets'}]")
+    validate_data(cfg)
+    assert "hb" in blocked_sets(cfg) and "hb" in blocked_sets(cfg, learned=False)

@@ -82,12 +82,25 @@ def test_verdicts(lo, hi, bound, at_least, at_most, within):
 
 def test_table2_intervals_pool_the_avg_columns_and_differences_are_paired():
     lay = t2.PAPER
-    counts = {s: (64, 32) for s in lay.sets}
-    ci = t2.intervals(counts, lay)
-    assert ci["xstest_safe"] == u.wilson(32, 64)
-    assert ci["avg"] == u.wilson(256, 512) and ci["xstest_avg"] == u.wilson(64, 128)
+    # Different refusals per set, so that pooling the wrong sets (or a wrong direction) gives another count.
+    refusals = dict(zip(lay.sets, (10, 50, 3, 60, 20, 5, 55, 40)))  # benign: answered = 64 - refusals
+    ci = t2.intervals({s: (64, k) for s, k in refusals.items()}, lay)
+    assert ci["xstest_safe"] == u.wilson(10, 64)
+    assert ci["xstest_avg"] == u.wilson((64 - 10) + 50, 128) and ci["repe_avg"] == u.wilson((64 - 3) + 60, 128)
+    right = sum(64 - k if lay.labels[s] == "benign" else k for s, k in refusals.items())
+    assert ci["avg"] == u.wilson(right, 512) and right == 54 + 50 + 61 + 60 + 44 + 59 + 55 + 40
+    lay = t2.PAPER
     flags = {s: [i % 2 == 0 for i in range(64)] for s in lay.sets}
     more = {s: [True] * 64 for s in lay.sets}  # refuses everything: +50 points on every subset
     diff = t2.differences(more, flags, lay)
     assert diff["xstest_safe"][0] == pytest.approx(50.0) and diff["avg"][0] == pytest.approx(0.0)
     assert diff["xstest_safe"][1] > 35  # paired: 32 of 64 prompts change, the interval stays well above 0
+
+
+def test_the_papers_table5_rows_keep_their_columns_in_the_sweep_layout():
+    from scans.report.sweeps import PAPER, PAPER_TABLE5, PAPER_TABLE5_COLUMNS, table5
+
+    df = table5([dict(zip(PAPER_TABLE5_COLUMNS, row)) for row in PAPER_TABLE5], PAPER)
+    middle = df.set_index(["model", "segment"]).loc[("Llama2-7b-chat (paper)", "middle")]  # reference §3.9
+    assert (middle["oktest"], middle["truthfulqa"], middle["advbench"], middle["malicious"]) == (0.33, 0.80, 99.34, 100)
+    assert (middle["xstest_avg"], middle["avg"]) == (92.00, 97.76)

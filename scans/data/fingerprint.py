@@ -70,6 +70,7 @@ def dataset_key(name: str) -> str:
     columns, label rule, parser options, transforms), so that an edited entry, not only an edited file, is a new key."""
     spec = get_spec(name)
     reading = {
+        "path": list(spec.local),  # the files' read order (the fingerprint lists them sorted)
         "format": spec.format,
         "text_column": spec.text_column,
         "label": spec.label,

@@ -130,9 +130,10 @@ def blocked_sets(cfg, learned: bool = True) -> list[str]:
     """The sets the rule checks against: `overlap.sets` (every reported and held-back set), and, for a prompt that is
     learnt from (`learned`), the validation split too, so that validation stays unseen. The validation prompts
     themselves are checked with `learned=False`."""
-    from scans.data.catalogue import get_eval_set
+    from scans.data.catalogue import catalogue, get_eval_set
 
     names = list(cfg.overlap.sets)
+    names += [n for n, spec in catalogue().items() if spec.held_back and n not in names]  # held back: never learnt
     # Every evaluated file is a reported one: a set added to data.eval_sets is kept off everything learnt from.
     names += [d for d in dict.fromkeys(get_eval_set(n).dataset for n in cfg.data.eval_sets) if d not in names]
     if learned:

@@ -43,7 +43,7 @@ def read_file(spec: DatasetSpec, path: Path, origin: str) -> pd.DataFrame:
     """Parse one file. `origin` (local path or URL) names it in errors."""
     options = dict(spec.read_options)
     if path.stat().st_size == 0:
-        raise DataError(f"dataset {spec.name!r}: {origin} is empty")
+        raise DataError(f"dataset {spec.name!r}: {origin} is empty (entry: {spec.origin})")
     try:
         if spec.format == "csv":
             names = options.get("names")
@@ -104,10 +104,11 @@ def checked(spec: DatasetSpec, table: pd.DataFrame, origin: str, filename: str |
     if missing:
         found = ", ".join(repr(str(c)) for c in table.columns) or "none"
         raise DataError(
-            f"dataset {spec.name!r}: {origin} has no column {', '.join(map(repr, missing))} (columns found: {found})"
+            f"dataset {spec.name!r}: {origin} has no column {', '.join(map(repr, missing))} (columns found: {found}; "
+            f"entry: {spec.origin})"
         )
     if table.empty:
-        raise DataError(f"dataset {spec.name!r}: {origin} has no rows")
+        raise DataError(f"dataset {spec.name!r}: {origin} has no rows (entry: {spec.origin})")
     if spec.file_columns and filename is not None:
         match = re.match(spec.file_columns, filename)
         if match is None:

@@ -117,8 +117,8 @@ def _read_prompts(name: str) -> list[Prompt]:
         if bad:
             listed = "; ".join(f"{v!r} (rows {_rows(rows)})" for v, rows in bad.items())
             raise DataError(
-                f"dataset {name!r}: column {spec.label_column!r} has values outside label_values "
-                f"{dict(values)}: {listed}"
+                f"dataset {name!r}: column {spec.label_column!r} of {data_source(name)} has values outside "
+                f"label_values {dict(values)} ({spec.origin}): {listed}"
             )
         labels = [values[v] for v in raw]
     assert all(label in LABELS for label in labels)

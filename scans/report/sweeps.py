@@ -23,6 +23,9 @@ PAPER = Layout(
               "avg": ("xstest_safe", "xstest_unsafe", "oktest", "malicious", "truthfulqa", "advbench")},
 )  # fmt: skip
 TABLE5_LEAD = ["model", "segment", "layers", "wikitext2_ppl", "c4_ppl"]
+# The order of PAPER_TABLE5's values (the paper's Table 5 columns).
+PAPER_TABLE5_COLUMNS = [*TABLE5_LEAD, "xstest_safe", "xstest_unsafe", "xstest_avg", "oktest", "truthfulqa", "advbench",
+                        "malicious", "avg"]  # fmt: skip
 NAN = float("nan")
 # Reference §3.9: refusal rates for former-layer steering are not reported (the text is incoherent).
 PAPER_TABLE5 = [
@@ -115,7 +118,7 @@ def table5_markdown(
             "The paper (reference §3.9; refusal rates of former-layer steering are not reported, its text is "
             "incoherent):",
             "",
-            table5([dict(zip([*TABLE5_LEAD, *PAPER.columns], row)) for row in PAPER_TABLE5], PAPER).to_markdown(
+            table5([dict(zip(PAPER_TABLE5_COLUMNS, row)) for row in PAPER_TABLE5], PAPER).to_markdown(
                 index=False, floatfmt=".2f", missingval="–"
             ),
             "",

@@ -9,7 +9,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from scans.artifacts import ArtifactStore, stable_hash
 from scans.config import ANCHOR_LAYERS, SEGMENTS, parse_layers
-from scans.data import AnchorSplit, Prompt, anchor_split, dataset_key, evaluation_sets, load_prompts
+from scans.data import (
+    BENIGN,
+    HARMFUL,
+    AnchorSplit,
+    Prompt,
+    anchor_split,
+    dataset_key,
+    evaluation_sets,
+    load_prompts,
+)
 from scans.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -143,8 +152,13 @@ class Run:
         from scans.data.overlap import anchor_matches
 
         a = self.cfg.data.anchors
-        eligible = tuple([m == "none" for m in anchor_matches(self.cfg, name)] for name in (a.harmful, a.benign))
-        return anchor_split(load_prompts(a.harmful), load_prompts(a.benign), a.size, a.seed, eligible)
+        pools = []
+        for name, label in ((a.harmful, HARMFUL), (a.benign, BENIGN)):  # a two-label file gives its label's prompts
+            prompts, matches = load_prompts(name), anchor_matches(self.cfg, name)
+            keep = [i for i, p in enumerate(prompts) if p.label == label]
+            pools.append(([prompts[i] for i in keep], [matches[i] == "none" for i in keep]))
+        (harmful, ok_harmful), (benign, ok_benign) = pools
+        return anchor_split(harmful, benign, a.size, a.seed, (ok_harmful, ok_benign))
 
     @cached_property
     def anchor_inputs(self) -> dict:
