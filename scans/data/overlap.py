@@ -80,6 +80,17 @@ class Blocklist:
             return "near", self.texts[best], best_sim
         return "none", None, best_sim
 
+    def matches(self, text: str, exclude: int | None = None) -> list[int]:
+        """Indices of every blocked prompt that `text` equals (normalized) or shares at least `threshold` of its
+        content words with (Jaccard), not only the closest one; `exclude` as in `match`."""
+        out = set(self.exact.get(normalize(text), ()))
+        words = content_words(text)
+        for j in {j for w in words for j in self.index.get(w, ())}:
+            if len(words & self.words[j]) / len(words | self.words[j]) >= self.threshold:
+                out.add(j)
+        out.discard(exclude)
+        return sorted(out)
+
     def check(self, prompts: Sequence[str]) -> Overlap:
         out = Overlap(kept=[])
         for i, text in enumerate(prompts):

@@ -45,7 +45,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from scans.data import load_table
-from scans.data.overlap import content_words, normalize
+from scans.data.overlap import Blocklist
 from scans.judge.agreement import human_refusal
 from scans.judge.rules import is_refusal
 from scans.judge.strmatch import is_strmatch_refusal
@@ -136,8 +136,9 @@ class Fitted:
 
 
 def prompt_groups(prompts: Sequence[str], threshold: float) -> list[int]:
-    """A group id per prompt: equal normalized prompts, and prompts whose content words' Jaccard is at least
-    `threshold`, share a group (transitively, union-find). Ids are the index of the group's first prompt."""
+    """A group id per prompt: prompts that the disjointness rule's matcher calls the same (equal normalized text, or a
+    content-word Jaccard of at least `threshold`) share a group, transitively (union-find). Ids are the index of the
+    group's first prompt."""
     parent = list(range(len(prompts)))
 
     def root(i: int) -> int:
@@ -146,20 +147,10 @@ def prompt_groups(prompts: Sequence[str], threshold: float) -> list[int]:
             i = parent[i]
         return i
 
-    first: dict[str, int] = {}
-    words = [content_words(p) for p in prompts]
-    by_word: dict[str, list[int]] = defaultdict(list)
+    block = Blocklist(prompts, threshold)
     for i, p in enumerate(prompts):
-        key = normalize(p)
-        if key in first:
-            parent[root(i)] = root(first[key])
-        else:
-            first[key] = i
-        for j in {j for w in words[i] for j in by_word[w]}:
-            if len(words[i] & words[j]) / len(words[i] | words[j]) >= threshold:
-                parent[root(i)] = root(j)
-        for w in words[i]:
-            by_word[w].append(i)
+        for j in block.matches(p, exclude=i):
+            parent[root(i)] = root(j)
     roots = [root(i) for i in range(len(prompts))]
     first_of: dict[int, int] = {}
     return [first_of.setdefault(r, i) for i, r in enumerate(roots)]
@@ -217,30 +208,16 @@ class LearnedJudge:
         return Training.from_table(table, self.settings)
 
     @cached_property
-    def _prompt_index(self) -> tuple[dict[str, set[int]], list[frozenset[str]], list[int], dict[str, list[int]]]:
-        """Unique training prompts: folds by normalized text, content words, fold, and an index word -> prompt."""
+    def _prompt_index(self) -> tuple[Blocklist, list[int]]:
+        """The distinct training prompts as the disjointness rule's matcher, and each one's fold."""
         t = self.training
-        exact: dict[str, set[int]] = defaultdict(set)
-        unique: dict[str, int] = {}
-        for p, f in zip(t.prompts, t.folds):
-            exact[normalize(p)].add(int(f))
-            unique.setdefault(p, int(f))
-        words = [content_words(p) for p in unique]
-        by_word: dict[str, list[int]] = defaultdict(list)
-        for j, ws in enumerate(words):
-            for w in ws:
-                by_word[w].append(j)
-        return exact, words, list(unique.values()), by_word
+        folds = dict(zip(t.prompts, (int(f) for f in t.folds)))  # a prompt's rows all share its group's fold
+        return Blocklist(list(folds), self.settings.near_duplicate), list(folds.values())
 
     def excluded_folds(self, prompt: str) -> frozenset[int]:
         """The folds holding training prompts that equal `prompt` (normalized) or nearly duplicate it."""
-        exact, words, folds, by_word = self._prompt_index
-        out = set(exact.get(normalize(prompt), ()))
-        q = content_words(prompt)
-        for j in {j for w in q for j in by_word.get(w, ())}:
-            if len(q & words[j]) / len(q | words[j]) >= self.settings.near_duplicate:
-                out.add(folds[j])
-        return frozenset(out)
+        block, folds = self._prompt_index
+        return frozenset(folds[j] for j in block.matches(prompt))
 
     def fitted(self, excluded: frozenset[int] = frozenset()) -> Fitted:
         """The model fitted on every training row outside the `excluded` folds (cached)."""

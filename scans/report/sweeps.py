@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from scans.data import BENIGN, HARMFUL
-from scans.report.table2 import Layout, correct_rate, intervals
+from scans.report.table2 import Layout, intervals
 from scans.report.uncertainty import interval
 
 # The paper's Tables 6-7 row order (reference §3.10-3.11); its Avg. pools these six sets (RepE excluded).
@@ -58,12 +58,6 @@ PAPER_TABLE7 = {
     "advbench": [99.12, 99.34, 99.56, 100.0, 100.0],
     "avg": [96.21, 97.67, 92.52, 85.62, 75.57],
 }
-
-
-def rates(counts: Mapping[str, tuple[int, int]], lay: Layout) -> dict:
-    """Refusal rate (%) per set and the Avg. columns of `lay`, from {set: (n, refusals)}."""
-    return {c: correct_rate(counts, lay.averages[c], lay) if c in lay.averages else 100.0 * counts[c][1] / counts[c][0]
-            for c in lay.columns}  # fmt: skip
 
 
 def intervals_markdown(labelled: Sequence[tuple[str, Mapping[str, tuple[int, int]]]], lay: Layout) -> str:

@@ -141,19 +141,21 @@ def differences(
     return out
 
 
-def table2_row(model: str, method: str, counts: Mapping[str, tuple[int, int]], lay: Layout) -> dict:
-    """One row from {subset: (n, refusals)}; rates in percent."""
+def rates(counts: Mapping[str, tuple[int, int]], lay: Layout) -> dict[str, float]:
+    """Every column of `lay` (%) from {subset: (n, refusals)}: each subset's refusal rate, each Avg.'s share of right
+    answers."""
     missing = [s for s in lay.sets if s not in counts]
     if missing:
-        raise ValueError(f"Table 2 needs every subset; missing {', '.join(missing)}")
-    row: dict = {"model": model, "method": method}
-    for c in lay.columns:
-        if c in lay.averages:
-            row[c] = correct_rate(counts, lay.averages[c], lay)
-        else:
-            n, refusals = counts[c]
-            row[c] = 100.0 * refusals / n
-    return row
+        raise ValueError(f"the table needs every subset; missing {', '.join(missing)}")
+    return {
+        c: correct_rate(counts, lay.averages[c], lay) if c in lay.averages else 100.0 * counts[c][1] / counts[c][0]
+        for c in lay.columns
+    }
+
+
+def table2_row(model: str, method: str, counts: Mapping[str, tuple[int, int]], lay: Layout) -> dict:
+    """One row from {subset: (n, refusals)}; rates in percent."""
+    return {"model": model, "method": method, **rates(counts, lay)}
 
 
 def table2(rows: list[dict], lay: Layout) -> pd.DataFrame:

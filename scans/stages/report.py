@@ -37,6 +37,7 @@ from scans.report.table2 import (
     differences_table,
     intervals,
     layout_of,
+    rates,
     table2,
     table2_row,
     to_markdown,
@@ -221,7 +222,7 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
         if (c := _sweep_counts(r, sweep.method(r, "alpha", a))) is None:
             missing6.append(f"α={a:g}")
         else:
-            rows6.append({"model": model, "alpha": a, **sweep_report.rates(c, lay)})
+            rows6.append({"model": model, "alpha": a, **rates(c, lay)})
             ci6.append((f"α={a:g}", c))
     df6 = sweep_report.table6(rows6, lay)
     md6 = sweep_report.table6_markdown(df6, lay, model, headline, sizes, missing6) + sweep_report.intervals_markdown(
@@ -239,7 +240,7 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
         else:
             ci7.append((f"𝒯={t:g}", c))
         f1 = grid.loc[(grid["threshold"] - t).abs() < 1e-9, "xstest_f1"].iloc[0]
-        rows7.append({"model": model, "threshold": t, **(sweep_report.rates(c, lay) if c else {}), "xstest_f1": f1})
+        rows7.append({"model": model, "threshold": t, **(rates(c, lay) if c else {}), "xstest_f1": f1})
     df7 = sweep_report.table7(rows7, lay)
     shares = analysis_report.table7_shares(grid, thresholds)
     md = sweep_report.table7_markdown(
@@ -258,7 +259,7 @@ def sweep_tables(r: Run, out: Path, grid: pd.DataFrame, threshold_source: str) -
             continue
         row = {"model": model, "segment": label, "layers": span(m.steer_layers)}
         row.update({f"{corpus}_ppl": p["ppl"] for corpus, p in ppl.items()})
-        rows5.append({**row, **sweep_report.rates(c, lay)})
+        rows5.append({**row, **rates(c, lay)})
         ci5.append((label, c))
     df5 = sweep_report.table5(rows5, lay)
     md5 = sweep_report.table5_markdown(df5, lay, model, headline, sizes, missing5) + sweep_report.intervals_markdown(
