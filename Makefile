@@ -28,32 +28,32 @@ lint:
 test:
 	$(PY) -m pytest -n 2 --dist loadfile
 
-# Every table and figure for the embedded default, Table 2 with all ten rows (2 CPU cores, about 140 minutes:
-# ~21 to build the organism, ~22 to tune and validate the classifiers, ~12 for what the baselines train, ~42 for
-# Table 2's generations, ~20 for Table 3, ~14 for Table 4; README.md has the measured breakdown).
+# Every table and figure for the model (the embedded default unless MODEL=<configs/model name>): Tables 1-7,
+# Figures 4-5 and the sweeps of Tables 5-7, in one process (`stage=all`), which writes results/report/<model>/run.md
+# with each stage's wall time (README.md quotes it); first the judges' agreement with XSTest's humans (no model's).
+MODEL ?= smollm2_organism
 reproduce:
 	$(RUN) stage=judge_agreement
-	$(RUN) stage=all
+	$(RUN) model=$(MODEL) stage=all
 
-# Tables 5-7's refusal rates and Table 5's perplexity: the headline SCANS row with one hyperparameter varied, as
-# Hydra multiruns (one process each, the model loaded once; vectors and similarities read from reproduce's
-# artifacts). About 27 min on 2 CPU cores (measured: 1640 s); the grids are configs/sweep's and analysis.paper_thresholds.
+# Tables 5-7 on other grids, as Hydra multiruns of `stage=sweep` (one job a column; the model loaded once; vectors
+# and similarities read from reproduce's artifacts); `make reproduce` already makes the default grids.
 ALPHAS ?= 1.5,2.0,2.5,3.0,3.5,4.0
 THRESHOLDS ?= 0.80,0.75,0.70,0.65,0.60
 SEGMENTS ?= former,middle,latter
 sweeps:
-	$(RUN) -m stage=sweep sweep.vary=alpha steer.alpha=$(ALPHAS)
-	$(RUN) -m stage=sweep sweep.vary=threshold classify.threshold=$(THRESHOLDS)
-	$(RUN) -m stage=sweep sweep.vary=layers steer.layers=$(SEGMENTS)
-	$(RUN) stage=report 'sweep.alphas=[$(ALPHAS)]' 'analysis.paper_thresholds=[$(THRESHOLDS)]' \
+	$(RUN) -m model=$(MODEL) stage=sweep sweep.vary=alpha steer.alpha=$(ALPHAS)
+	$(RUN) -m model=$(MODEL) stage=sweep sweep.vary=threshold classify.threshold=$(THRESHOLDS)
+	$(RUN) -m model=$(MODEL) stage=sweep sweep.vary=layers steer.layers=$(SEGMENTS)
+	$(RUN) model=$(MODEL) stage=report 'sweep.alphas=[$(ALPHAS)]' 'analysis.paper_thresholds=[$(THRESHOLDS)]' \
 		'sweep.segments=[$(SEGMENTS)]'
 
 # Table 3 for every row of Table 2 (the baselines' MMLU, XSum and perplexity), then the report again.
 capability-all:
-	$(RUN) stage=capability capability.all_methods=true
-	$(RUN) stage=report capability.all_methods=true
+	$(RUN) model=$(MODEL) stage=capability capability.all_methods=true
+	$(RUN) model=$(MODEL) stage=report capability.all_methods=true
 
-reproduce-all: reproduce sweeps capability-all
+reproduce-all: reproduce capability-all
 
 report:
 	$(RUN) stage=report

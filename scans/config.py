@@ -11,7 +11,7 @@ from scans.errors import ConfigError
 
 STAGES = (
     "align", "extract", "anchor", "classify", "tune", "prepare", "analyze", "steer", "judge", "capability", "cost",
-    "report", "judge_agreement", "sweep", "export", "all",
+    "report", "judge_agreement", "sweep", "sweeps", "export", "all",
 )  # fmt: skip
 ANCHOR_LAYERS = "anchor"  # steer.layers=anchor: the layers the `anchor` stage's refusal score suggests
 SEGMENTS = ("former", "middle", "latter")  # steer.layers=middle: a segment of `analysis.segments` (Table 5)
@@ -161,7 +161,13 @@ def validate_data(cfg: DictConfig) -> None:
         twice = sorted({n for n in listed if listed.count(n) > 1})
         if twice:
             raise ConfigError(f"{key} lists {', '.join(map(repr, twice))} more than once")
-    if cfg.stage in ("all", "analyze", "sweep", "report"):  # Tables 5-7 and Figures 4-5 read these sets' results
+    if cfg.stage in (
+        "all",
+        "analyze",
+        "sweep",
+        "sweeps",
+        "report",
+    ):  # Tables 5-7 and Figures 4-5 read these sets' results
         needed = dict.fromkeys([*cfg.sweep.sets, "xstest_safe", "xstest_unsafe"])
         missing = [n for n in needed if n not in cfg.data.eval_sets]
         if missing:

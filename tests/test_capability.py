@@ -3,6 +3,8 @@ and the batched SCANS pipeline against the authors' one-prompt loop."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -217,8 +219,9 @@ def test_batched_scans_matches_the_authors_algorithm_written_from_the_reference(
         calls.append((kwargs["input_ids"], kwargs["attention_mask"], out))
         return out
 
+    assert cost.batched_scans(model, tok, chat, queries, spec, dec) == expected  # the engine (shared prefix)
     monkeypatch.setattr(model, "generate", recording)
-    got = cost.batched_scans(model, tok, chat, queries, spec, dec)
+    got = cost.batched_scans(model, tok, chat, queries, spec, dataclasses.replace(dec, engine="hf"))
     monkeypatch.undo()
     assert got == expected
     # The same token ids, row by row: each batch row is known by its unpadded prompt.

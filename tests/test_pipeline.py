@@ -25,7 +25,20 @@ from scans.report.capability import TABLE3_COLUMNS, TABLE4_COLUMNS
 from scans.report.sweeps import PAPER as TABLE7_LAYOUT
 from scans.report.sweeps import TABLE5_LEAD
 from scans.report.table2 import PAPER
-from scans.stages import Run, analyze, capability, classify, cost, extract, judge, run_stage, steer, sweep, tune
+from scans.stages import (
+    PIPELINE,
+    Run,
+    analyze,
+    capability,
+    classify,
+    cost,
+    extract,
+    judge,
+    run_stage,
+    steer,
+    sweep,
+    tune,
+)
 from scans.stages import context as stage_context
 from scans.steering import harm, harm_reference
 
@@ -45,6 +58,10 @@ def tiny_overrides(tiny_model_dir, tmp_path) -> list[str]:
         "experiment=smoke",
         "generation.max_new_tokens=4",
         "methods=[default,scans_paper,scans_tuned,scans_classifier]",
+        # stage=all's sweeps make Table 7's columns (analysis.paper_thresholds); Tables 5-6's are left to the
+        # multirun tests below.
+        "sweep.alphas=[]",
+        "sweep.segments=[]",
         f"paths.artifacts={tmp_path / 'artifacts'}",
         f"paths.report={tmp_path / 'report'}",
     ]
@@ -126,6 +143,20 @@ def test_report_rebuilds_every_table_and_figure_from_artifacts_alone(finished, m
     assert "\\begin{tabular}" in (report_dir(tmp) / "table1.tex").read_text()
 
 
+def test_stage_all_makes_table7s_columns_and_records_its_run(finished):
+    """`stage=all` runs the sweeps (here Table 7's thresholds: the tiny run's grid) and writes the run record."""
+    cfg, tmp = finished
+    t7 = pd.read_csv(report_dir(tmp) / "table7.csv")
+    assert t7["threshold"].tolist() == [*cfg.analysis.paper_thresholds, cfg.classify.threshold]
+    assert not t7["avg"].isna().any()  # every column generated and judged
+    record = pd.read_csv(report_dir(tmp) / "run.csv")
+    assert record["stage"].tolist() == [*PIPELINE, "total"]
+    assert record["seconds"].iloc[-1] == pytest.approx(record["seconds"].iloc[:-1].sum(), abs=0.2)
+    page = (report_dir(tmp) / "run.md").read_text()
+    assert "- commit: " in page and "- torch threads: " in page and "`python -m scans stage=all`" in page
+    assert "| sweeps " in page
+
+
 def test_report_says_which_tables_are_not_computed_yet(finished, monkeypatch, tmp_path):
     """Without the cost stage's artifact, Table 4's page says so (and an earlier build's rows do not stay)."""
     cfg, tmp = finished
@@ -180,6 +211,7 @@ def test_rerun_reuses_every_artifact(finished, monkeypatch):
     monkeypatch.setattr(extract, "harm_reference", forbidden)
     monkeypatch.setattr(classify, "prompt_and_response_states", forbidden)  # every classifier's forward pass
     monkeypatch.setattr(harm, "response_gradients", forbidden)  # GradSafe's backward passes
+    monkeypatch.setattr(harm, "_linear_inputs_and_deltas", forbidden)
     monkeypatch.setattr(steer, "generate", forbidden)
     run_stage("all", Run(cfg))
 
@@ -281,14 +313,14 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
     read: dict[str, list[str]] = {"respond": [], "similarities": [], "scores": [], "features": [], "anchors": []}
     fed: list[tuple[int, ...]] = []
     originals = {
-        "respond": steer.respond, "similarities": classify.similarities, "scores": classify.scores,
+        "respond": steer.respond_sets, "similarities": classify.similarities, "scores": classify.scores,
         "features": classify.features, "generate": steer.generate,
     }  # fmt: skip
 
-    def respond(run, method, name, prompts, coefficients=None, max_new_tokens=None):
-        seen.append(name)
-        read["respond"] += [p.text for p in prompts]
-        return originals["respond"](run, method, name, prompts, coefficients, max_new_tokens)
+    def respond(run, method, sets, coefficients=None, max_new_tokens=None):
+        seen.extend(sets)
+        read["respond"] += [p.text for prompts in sets.values() for p in prompts]
+        return originals["respond"](run, method, sets, coefficients, max_new_tokens)
 
     def similarities(run, name, prompts):
         read["similarities"] += [p.text for p in prompts]
@@ -307,7 +339,7 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
         fed.extend(tuple(p.input_ids) for p in prompts)
         return originals["generate"](model, tokenizer, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(steer, "respond", respond)
+    monkeypatch.setattr(steer, "respond_sets", respond)
     monkeypatch.setattr(steer, "generate", generate)
     monkeypatch.setattr(classify, "similarities", similarities)
     monkeypatch.setattr(classify, "scores", scores)

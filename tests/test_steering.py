@@ -169,7 +169,7 @@ def test_hooks_are_removed_after_exception(tiny_lm):
     tiny_lm.model.generate = boom
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            generate(tiny_lm.model, tiny_lm.tokenizer, enc, DecodingConfig(4), spec)
+            generate(tiny_lm.model, tiny_lm.tokenizer, enc, DecodingConfig(4, engine="hf"), spec)
     finally:
         del tiny_lm.model.generate
     assert tiny_lm.model.generate == original

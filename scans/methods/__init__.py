@@ -26,12 +26,20 @@ def known() -> list[str]:
 
 
 def node(cfg: DictConfig, name: str) -> dict:
-    """The resolved config of `configs/method/<name>.yaml` (its interpolations read the run's config)."""
+    """The resolved config of `configs/method/<name>.yaml` (its interpolations read the run's config), with the
+    run's `method_overrides.<name>` fields over it (`experiment=smoke` shrinks what the baselines train)."""
     path = METHOD_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown method {name!r}; known: {', '.join(known())} (configs/method/<name>.yaml)")
     root = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    root["_method_"] = OmegaConf.load(path)
+    spec = OmegaConf.load(path)
+    override = (cfg.get("method_overrides") or {}).get(name)
+    if override:
+        unknown = sorted(set(override) - set(spec))
+        if unknown:
+            raise ConfigError(f"method_overrides.{name}.{unknown[0]}: {name} has no such field")
+        spec = OmegaConf.merge(spec, override)
+    root["_method_"] = spec
     return OmegaConf.to_container(root["_method_"], resolve=True)
 
 

@@ -79,6 +79,9 @@ class Ablation(Intervention):
         with ablated(model, self.direction):
             yield
 
+    def compactable(self) -> bool:
+        return True  # a weight edit, the same for every row
+
 
 @dataclass(frozen=True)
 class FalseRefusalAblation(Method):

@@ -50,7 +50,7 @@ class Row:
     length: int  # unpadded length (prompt only, during generation)
     query_start: int | None = None  # first token of the query, where insertions go
     coefficient: float = 0.0  # this row's value of `coefficients`
-    offset: int = 0  # columns of left padding before the row in the batch tensor
+    offset: int = 0  # the column of the row's index 0 in the forward pass that holds its prompt (left padding)
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,19 @@ class Intervention:
     def active(self, model, rows: Sequence[Row]) -> Iterator[None]:
         """Hooks or weight edits around every forward pass of one batch (rows in batch order)."""
         yield
+
+    def untouched_prefix(self, rows: Sequence[Row]) -> int:
+        """How many leading tokens of every row (unpadded indices) the intervention leaves as they are, so that the
+        engine may compute their KV cache once, without it: all of them when `active` is not overridden, none for
+        an override that does not say."""
+        return 1 << 30 if type(self).active is Intervention.active else 0
+
+    def compactable(self) -> bool:
+        """Whether the engine may drop finished rows from a batch mid-generation. It may when nothing holds per-row
+        state: no override of `active` (or one whose context yields an object with `select(keep)`, told which rows
+        remain, or whose per-row state only acts on the prompt's pass), no processor, no companion rows."""
+        base = Intervention
+        return all(getattr(type(self), f) is getattr(base, f) for f in ("active", "processor", "companions"))
 
     def processor(self, model, attention_mask: torch.Tensor, rows: Sequence[Row]):
         """A logits processor for generation over this batch, or None."""

@@ -51,6 +51,12 @@ class SoftPrompt(Intervention):
     def active(self, model, rows: list[Row]):
         return soft_prompt_hook(model, self.embeddings, rows)
 
+    def untouched_prefix(self, rows: list[Row]) -> int:
+        return min(r.query_start for r in rows)  # the soft span starts at the query
+
+    def compactable(self) -> bool:
+        return True  # the soft span is replaced on the prompt's pass only
+
 
 class soft_prompt_hook:  # noqa: N801 - used as a context manager
     """Replace the input embeddings of each row's inserted span (columns offset + query_start ...) on the forward

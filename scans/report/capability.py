@@ -137,7 +137,8 @@ def table4_markdown(result: Mapping, new_tokens: int, prompt_tokens: int) -> str
     text = f"# Table 4: generation cost ({result['device']})\n\n"
     text += table4(result["rows"]).to_markdown(index=False, floatfmt=".1f") + "\n\n"
     text += (
-        f"{result['prompts']} WikiText-2 passages of {prompt_tokens} tokens, each generating exactly {new_tokens} "
+        f"{result['prompts']} WikiText-2 passages of {prompt_tokens} tokens (at batch size 1 the first "
+        f"{result.get('single_prompts', result['prompts'])}), each generating exactly {new_tokens} "
         "tokens. Peak memory: the process's resident set on a CPU, `torch.cuda.max_memory_allocated` on a GPU.\n\n"
     )
     ratios = []

@@ -177,4 +177,4 @@ def run(r: Run) -> Path | None:
 
 
 def load_summary(r: Run) -> dict:
-    return read_json(r.store.require(r.model_name, STAGE, key(r), "python -m scans stage=align") / SUMMARY)
+    return read_json(r.require("align", STAGE, key(r)) / SUMMARY)

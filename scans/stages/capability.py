@@ -162,7 +162,7 @@ def items(r: Run, method: Method) -> dict[str, list[float]]:
 
 
 def _rows(r: Run, k: str) -> list[dict]:
-    path = r.store.require(r.model_name, STAGE, k, "python -m scans stage=capability")
+    path = r.require("capability", STAGE, k)
     return read_jsonl(path / "rows.jsonl")
 
 

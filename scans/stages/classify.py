@@ -169,7 +169,9 @@ def scores(r: Run, kind: str, anchors: str, name: str | None, prompts: list[Prom
     rows = lambda: [_encoded(r, p.text) for p in prompts]  # noqa: E731
     if name is None:
         state = fitted(r, kind, anchors)["state"]
-        return harm.gradsafe_scores(r.lm.model, rows(), [state], r.num_layers, "GradSafe prompts")[0]
+        return harm.gradsafe_scores(
+            r.lm.model, rows(), [state], r.num_layers, "GradSafe prompts", r.cfg.classify.batch_size
+        )[0]
     together = list(dict.fromkeys([anchors, *r.cfg.classify.compare.get("gradsafe", [])]))
     fits = {a: fitted(r, kind, a) for a in together}
     keys = {a: f"gradsafe-{name}-{stable_hash({'fit': f['key'], 'prompts': prompts_hash(prompts)})}"
@@ -177,7 +179,12 @@ def scores(r: Run, kind: str, anchors: str, name: str | None, prompts: list[Prom
     todo = [a for a in together if not r.store.is_complete(r.model_name, STAGE, keys[a])]
     if todo:
         computed = harm.gradsafe_scores(
-            r.lm.model, rows(), [fits[a]["state"] for a in todo], r.num_layers, f"GradSafe {name}"
+            r.lm.model,
+            rows(),
+            [fits[a]["state"] for a in todo],
+            r.num_layers,
+            f"GradSafe {name}",
+            r.cfg.classify.batch_size,
         )
         for a, result in zip(todo, computed):
             with r.store.writing(r.model_name, STAGE, keys[a], {"set": name, "anchors": a, "n": len(prompts)}) as tmp:

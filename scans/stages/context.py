@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # A Hydra multirun runs its jobs one after another in one process: keep the loaded model between jobs.
 _MODELS: dict[str, object] = {}
+# The stages by name (filled by scans.stages): what `Run.require` runs to build a missing input.
+PRODUCERS: dict[str, Callable[[Run], object]] = {}
 
 
 def prompts_hash(prompts: list[Prompt]) -> str:
@@ -40,6 +44,14 @@ class Run:
         self.store = ArtifactStore(cfg.paths.artifacts)
         self.methods_cache: dict = {}  # resolved methods by config name (scans.methods.load)
         self.interventions_cache: dict = {}  # interventions by method (scans.methods.intervention)
+
+    def require(self, producer: str, stage: str, key: str) -> Path:
+        """The artifact `stage/key`, built first by running stage `producer` when it is missing, so that a stage run
+        alone gets what it needs (as the organism is built by the first stage that loads the model)."""
+        if not self.store.is_complete(self.model_name, stage, key):
+            log.info("%s needs %s/%s: running stage %s", self.cfg.stage, stage, key, producer)
+            PRODUCERS[producer](self)
+        return self.store.require(self.model_name, stage, key, f"python -m scans stage={producer}")
 
     @property
     def model_name(self) -> str:

@@ -110,14 +110,16 @@ def run(r: Run) -> dict:
     r.interventions_cache.clear()  # and no expert model built by an earlier stage
     prompts = queries(r)
     rows = []
+    single = r.cfg.capability.cost.single_prompts
     for method in methods(r):
         for batch in r.cfg.capability.cost.batch_sizes:
-            rows.append(measure_method(r, method, prompts, batch))
+            rows.append(measure_method(r, method, prompts if batch > 1 else prompts[:single], batch))
             log.info("cost: %s", rows[-1])
         r.interventions_cache.pop(method, None)  # an expert model must not count in the next method's peak
     batches = list(r.cfg.capability.cost.batch_sizes)
     rows.sort(key=lambda row: batches.index(row["batch"]))  # stable: methods in table order within a batch size
-    result = {"device": device_name(r.lm.device), "prompts": len(prompts), "rows": rows}
+    result = {"device": device_name(r.lm.device), "prompts": len(prompts), "single_prompts": min(single, len(prompts)),
+              "rows": rows}  # fmt: skip
     with r.store.writing(r.model_name, STAGE, k, result) as tmp:
         write_json(tmp / RESULT, result)
     return result

@@ -73,7 +73,7 @@ def run(r: Run) -> Path:
 
 def load(r: Run) -> dict[str, torch.Tensor]:
     """{"refusal_vectors" (unit-norm per layer unless steer.normalize=false), "harm_direction"}."""
-    path = r.store.require(r.model_name, STAGE, r.extract_key, "python -m scans stage=extract")
+    path = r.require("extract", STAGE, r.extract_key)
     t = load_tensors(path / VECTORS)
     v = steering_vectors(t["mean_difference"], r.cfg.steer.normalize)
     return {"refusal_vectors": v, "harm_direction": t["harm_direction"], "mean_difference": t["mean_difference"]}

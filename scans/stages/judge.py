@@ -54,7 +54,7 @@ def run(r: Run) -> None:
 
 def _path(r: Run, method: Method, name: str, prompts):
     responses_key = steer.key(r, method, name, prompts)
-    return r.store.require(r.model_name, STAGE, key(r, responses_key), "python -m scans stage=judge")
+    return r.require("judge", STAGE, key(r, responses_key))
 
 
 def load(r: Run, method: Method, name: str, prompts) -> dict:

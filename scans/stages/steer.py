@@ -63,38 +63,66 @@ def respond(
     `coefficients` may be passed when they are already at hand (the `tune` stage's validation subsets); otherwise
     the method computes them (SCANS: from the `classify` artifact of this set).
     """
-    if coefficients is None:
-        coefficients = method.coefficients(r, prompts, name)
-    k = key(r, method, name, prompts, coefficients, max_new_tokens)
-    if r.store.is_complete(r.model_name, STAGE, k):
-        log.info("steer: reusing %s / %s", method.name, name)
-        return read_jsonl(r.store.path(r.model_name, STAGE, k) / RESPONSES)
-    intervention = methods_lib.intervention(r, method)
-    encoded = [encode(r.lm.chat, p.text) for p in prompts]
-    dec = decoding(r, max_new_tokens)
-    responses = generate(
-        r.lm.model, r.lm.tokenizer, encoded, dec, desc=f"{method.name} {name}",
-        intervention=intervention, coefficients=coefficients,
-    )  # fmt: skip
-    rows = [
-        {
-            "eval_set": name,
-            "prompt": p.text,
-            "label": p.label,
-            "coefficient": None if coefficients is None else float(coefficients[i]),
-            "sign": None if coefficients is None else int(torch.sign(coefficients[i])),
-            "response": responses[i],
-        }
-        for i, p in enumerate(prompts)
-    ]
-    provenance = {
-        "method": method.name, "eval_set": name, "n": len(prompts), "settings": method.settings(),
-        "upstream": method.upstream(r), "decoding": asdict(dec),
-    }  # fmt: skip
-    with r.store.writing(r.model_name, STAGE, k, provenance) as tmp:
-        write_jsonl(tmp / RESPONSES, rows)
-    log.info("steer: %s / %s done (%d responses)", method.name, name, len(rows))
-    return rows
+    given = None if coefficients is None else {name: coefficients}
+    return respond_sets(r, method, {name: prompts}, given, max_new_tokens)[name]
+
+
+def respond_sets(
+    r: Run,
+    method: Method,
+    sets: dict[str, list[Prompt]],
+    coefficients: dict[str, torch.Tensor] | None = None,
+    max_new_tokens: int | None = None,
+) -> dict[str, list[dict]]:
+    """`respond` for several sets of one method: the sets not generated yet are generated together, in one run of
+    length-sorted batches (sets of 64 prompts would leave the engine's batches of 128 half empty), and each is
+    written as its own artifact, keyed as `respond` keys it."""
+    coefs = {
+        n: method.coefficients(r, ps, n) if coefficients is None or n not in coefficients else coefficients[n]
+        for n, ps in sets.items()
+    }
+    keys = {n: key(r, method, n, ps, coefs[n], max_new_tokens) for n, ps in sets.items()}
+    out: dict[str, list[dict]] = {}
+    todo = []
+    for n, k in keys.items():
+        if r.store.is_complete(r.model_name, STAGE, k):
+            log.info("steer: reusing %s / %s", method.name, n)
+            out[n] = read_jsonl(r.store.path(r.model_name, STAGE, k) / RESPONSES)
+        else:
+            todo.append(n)
+    if todo:
+        intervention = methods_lib.intervention(r, method)
+        prompts = [p for n in todo for p in sets[n]]
+        stacked = None
+        if any(coefs[n] is not None for n in todo):
+            stacked = torch.cat([torch.zeros(len(sets[n])) if coefs[n] is None else coefs[n].float() for n in todo])
+        dec = decoding(r, max_new_tokens)
+        responses = iter(generate(
+            r.lm.model, r.lm.tokenizer, [encode(r.lm.chat, p.text) for p in prompts], dec,
+            desc=f"{method.name} {', '.join(todo)}", intervention=intervention, coefficients=stacked,
+        ))  # fmt: skip
+        for n in todo:
+            c = coefs[n]
+            rows = [
+                {
+                    "eval_set": n,
+                    "prompt": p.text,
+                    "label": p.label,
+                    "coefficient": None if c is None else float(c[i]),
+                    "sign": None if c is None else int(torch.sign(c[i])),
+                    "response": next(responses),
+                }
+                for i, p in enumerate(sets[n])
+            ]
+            provenance = {
+                "method": method.name, "eval_set": n, "n": len(rows), "settings": method.settings(),
+                "upstream": method.upstream(r), "decoding": asdict(dec),
+            }  # fmt: skip
+            with r.store.writing(r.model_name, STAGE, keys[n], provenance) as tmp:
+                write_jsonl(tmp / RESPONSES, rows)
+            log.info("steer: %s / %s done (%d responses)", method.name, n, len(rows))
+            out[n] = rows
+    return {n: out[n] for n in sets}
 
 
 def base_run(r: Run) -> Run | None:
@@ -111,14 +139,12 @@ def base_run(r: Run) -> Run | None:
 
 def run(r: Run) -> None:
     for method in methods_lib.rows(r):
-        for name, prompts in r.eval_sets.items():
-            respond(r, method, name, prompts)
+        respond_sets(r, method, r.eval_sets)
     if (base := base_run(r)) is not None:
-        for name, prompts in base.eval_sets.items():
-            respond(base, Default(), name, prompts)
+        respond_sets(base, Default(), base.eval_sets)
 
 
 def load(r: Run, method: Method, name: str, prompts: list[Prompt]) -> tuple[str, list[dict]]:
     k = key(r, method, name, prompts)
-    path = r.store.require(r.model_name, STAGE, k, "python -m scans stage=steer")
+    path = r.require("steer", STAGE, k)
     return k, read_jsonl(path / RESPONSES)

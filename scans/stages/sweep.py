@@ -33,13 +33,6 @@ def method(r: Run, vary: str, value) -> Scans:
     return replace(base, name=f"{base.name}, layers {value}", steer_layers=layers)
 
 
-def configured(r: Run) -> Scans:
-    """This job's method: the varied hyperparameter from its config key."""
-    vary = r.cfg.sweep.vary
-    value = {"alpha": r.cfg.steer.alpha, "threshold": r.cfg.classify.threshold, "layers": r.cfg.steer.layers}[vary]
-    return method(r, vary, value)
-
-
 def sets(r: Run) -> list[str]:
     """The sets of Tables 5-7 (`sweep.sets`), which must be evaluation sets of the run."""
     names = list(r.cfg.sweep.sets)
@@ -53,18 +46,45 @@ def sets(r: Run) -> list[str]:
 
 def rates(r: Run, m: Scans) -> dict[str, dict]:
     """The judge's summary of `m` on each set of Tables 5-7 (generated and judged once)."""
-    out = {}
-    for name in sets(r):
-        prompts = r.eval_sets[name]
-        steer.respond(r, m, name, prompts)
-        out[name] = judge.judge_set(r, m, name, prompts)
-    return out
+    names = sets(r)
+    steer.respond_sets(r, m, {name: r.eval_sets[name] for name in names})
+    return {name: judge.judge_set(r, m, name, r.eval_sets[name]) for name in names}
 
 
-def run(r: Run) -> dict:
-    m = configured(r)
+def column(r: Run, vary: str, value) -> dict:
+    """One column: the headline row with `vary` set to `value`, its refusal rates (and, for layers, perplexity)."""
+    m = method(r, vary, value)
     result = {"method": m.name, "refusal": {n: s["refusal_rate"] for n, s in rates(r, m).items()}}
-    if r.cfg.sweep.vary == "layers":
+    if vary == "layers":
         result["perplexity"] = {c: capability.perplexity(r, m, c)["ppl"] for c in capability.CORPORA}
     log.info("sweep: %s", result)
     return result
+
+
+def run(r: Run) -> dict:
+    vary = r.cfg.sweep.vary
+    value = {"alpha": r.cfg.steer.alpha, "threshold": r.cfg.classify.threshold, "layers": r.cfg.steer.layers}[vary]
+    return column(r, vary, value)
+
+
+def grid(r: Run) -> list[tuple[str, object]]:
+    """Every column the report's Tables 5-7 look for: `sweep.alphas`, `analysis.paper_thresholds`, `sweep.segments`
+    (less a segment that is empty for this model's depth, which the report lists as missing)."""
+    segments = []
+    for s in r.cfg.sweep.segments:
+        try:
+            r.layers_of(s, "sweep.segments[]")
+            segments.append(s)
+        except ConfigError as exc:
+            log.warning("sweeps: no Table 5 column %s (%s)", s, exc)
+    return [
+        *(("alpha", a) for a in r.cfg.sweep.alphas),
+        *(("threshold", t) for t in r.cfg.analysis.paper_thresholds),
+        *(("layers", s) for s in segments),
+    ]
+
+
+def run_all(r: Run) -> list[dict]:
+    """Stage `sweeps`: every column of Tables 5-7 in this process (`make reproduce`); a multirun of `stage=sweep`
+    makes the same artifacts, one column a job (`make sweeps`, for other grids)."""
+    return [column(r, vary, value) for vary, value in grid(r)]

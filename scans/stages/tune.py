@@ -81,13 +81,13 @@ def validation_behaviour(r: Run, method, coefficients=None) -> dict:
     """Refusal rates of a method on the validation generation subset, per label, and their balanced accuracy.
     `coefficients` (label -> per-prompt values) may be given when already at hand."""
     items = [p for prompts in validation(r).values() for p in prompts]
+    subsets = {f"validation-{lab}": [items[i] for i in idx] for lab, idx in generation_subset(r, items).items()}
+    given = None if coefficients is None else {f"validation-{lab}": c for lab, c in coefficients.items()}
+    responses = steer.respond_sets(r, method, subsets, given, r.cfg.tune.max_new_tokens)
     rates = {}
-    for lab, idx in generation_subset(r, items).items():
-        coefs = None if coefficients is None else coefficients[lab]
-        prompts = [items[i] for i in idx]
-        responses = steer.respond(r, method, f"validation-{lab}", prompts, coefs, r.cfg.tune.max_new_tokens)
-        texts, asked = [row["response"] for row in responses], [row["prompt"] for row in responses]
-        rates[lab] = float(np.mean(judge_flags(r.cfg.judge.fit, texts, asked)))
+    for name, rows in responses.items():
+        texts, asked = [row["response"] for row in rows], [row["prompt"] for row in rows]
+        rates[name.removeprefix("validation-")] = float(np.mean(judge_flags(r.cfg.judge.fit, texts, asked)))
     rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
     return rates
 
@@ -216,5 +216,5 @@ def run(r: Run) -> dict | None:
 
 
 def load(r: Run) -> dict:
-    path = r.store.require(r.model_name, STAGE, key(r), "python -m scans stage=tune")
+    path = r.require("tune", STAGE, key(r))
     return read_json(path / CHOICE)

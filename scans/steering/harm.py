@@ -13,7 +13,7 @@ split. Four kinds:
   differs by at least `gap`); the per-layer score is the mean cosine over that layer's critical slices.
 
 The first three share one forward pass per prompt set (a_p, a_e at every layer: `Features`); GradSafe needs a
-backward pass per prompt.
+backward pass per batch of prompts.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
+from scans.errors import ModelError
 from scans.models.loading import input_device
 from scans.steering.vectors import harm_direction, layer_similarities, refusal_vectors, transition
 
@@ -152,25 +153,92 @@ def critical_slices(state: dict) -> int:
 
 
 def gradsafe_scores(
-    model, queries: Sequence, states: Sequence[dict], num_layers: int, desc: str | None = None
+    model, queries: Sequence, states: Sequence[dict], num_layers: int, desc: str | None = None, batch_size: int = 16
 ) -> list[torch.Tensor]:
-    """(N, L) for each reference state, from one backward pass per query: per layer, the mean cosine of the query's
-    gradient with the reference over the critical slices (0 for a layer without one). `queries`: (token ids,
-    eoi_index) of "prompt + response"."""
+    """(N, L) for each reference state: per layer, the mean cosine of each query's gradient with the reference over
+    the critical slices (0 for a layer without one). `queries`: (token ids, eoi_index) of "prompt + response".
+
+    Batched, and without ever forming a weight's gradient: for a linear layer y = x Wᵀ, a query's gradient on W is
+    δᵀx summed over its tokens (δ = ∂loss/∂y), so one backward pass of a batch of queries (the sum of their own
+    losses: rows of a batch are independent) gives every δ and x, and a critical row r of W is δ[:, r]ᵀx, a
+    critical column c is δᵀx[:, c]."""
     weights = _weights(model)
+    modules = dict(model.named_modules())
+    linears = [modules.get(name.removesuffix(".weight")) for name, _, _ in weights]
     out = [torch.zeros(len(queries), num_layers) for _ in states]
-    for n, (ids, eoi) in enumerate(tqdm(queries, desc=desc, disable=desc is None, leave=False)):
-        grads = response_gradients(model, ids, eoi)
+    odd = [name for m, (name, _, _) in zip(linears, weights) if not isinstance(m, torch.nn.Linear)]
+    if odd:
+        raise ModelError(f"GradSafe reads the gradients of linear layers; {odd[0]} is no nn.Linear weight")
+    starts = range(0, len(queries), batch_size)
+    for start in tqdm(starts, desc=desc, disable=desc is None, leave=False):
+        batch = queries[start : start + batch_size]
+        xs, deltas = _linear_inputs_and_deltas(model, linears, batch)
+
+        def slices(i, rows, cols):
+            x, d = xs[i], deltas[i]  # (B, T, in), (B, T, out)
+            g_rows = torch.einsum("btr,bti->bri", d[:, :, rows], x) if len(rows) else None
+            g_cols = torch.einsum("bto,btc->boc", d, x[:, :, cols]) if len(cols) else None
+            return g_rows, g_cols
+
         for state, scores in zip(states, out):
-            sums, counts = torch.zeros(num_layers, dtype=torch.float64), torch.zeros(num_layers)
-            for g, (name, layer, _) in zip(grads, weights):
-                rows, cols = state[f"{name}.rows"].to(g.device), state[f"{name}.cols"].to(g.device)
-                if len(rows):
-                    ref = state[f"{name}.reference_rows"].to(g.device).double()
-                    sums[layer] += float(torch.nan_to_num(F.cosine_similarity(g[rows].double(), ref, dim=1)).sum())
-                if len(cols):
-                    ref = state[f"{name}.reference_cols"].to(g.device).double()
-                    sums[layer] += float(torch.nan_to_num(F.cosine_similarity(g[:, cols].double(), ref, dim=0)).sum())
-                counts[layer] += len(rows) + len(cols)
-            scores[n] = (sums / counts.clamp_min(1)).float()
+            scores[start : start + len(batch)] = _layer_means(state, weights, num_layers, slices)
     return out
+
+
+def _layer_means(state: dict, weights, num_layers: int, slices) -> torch.Tensor:
+    """(B, L) mean cosine over each layer's critical slices; `slices(i, rows, cols)` gives weight i's gradient rows
+    (B, rows, in) and columns (B, out, cols) of the batch."""
+    sums, counts = None, torch.zeros(num_layers)
+    for i, (name, layer, _) in enumerate(weights):
+        rows, cols = state[f"{name}.rows"], state[f"{name}.cols"]
+        if not len(rows) and not len(cols):
+            continue
+        g_rows, g_cols = slices(i, rows.to(weights[i][2].device), cols.to(weights[i][2].device))
+        for g, ref, dim in ((g_rows, state[f"{name}.reference_rows"], 2), (g_cols, state[f"{name}.reference_cols"], 1)):
+            if g is None:
+                continue
+            if sums is None:
+                sums = torch.zeros(g.shape[0], num_layers, dtype=torch.float64)
+            cos = F.cosine_similarity(g.double(), ref.to(g.device).double()[None], dim=dim)
+            sums[:, layer] += torch.nan_to_num(cos).sum(1).cpu()
+        counts[layer] += len(rows) + len(cols)
+    if sums is None:
+        return torch.zeros(1, num_layers)
+    return (sums / counts.clamp_min(1)).float()
+
+
+def _linear_inputs_and_deltas(model, linears, batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """For a batch of (token ids, eoi_index), right-padded: each linear layer's input x and the gradient δ of the
+    sum of the queries' response losses on its output, (B, T, features) each."""
+    device = input_device(model)
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for b, (row, eoi) in enumerate(batch):
+        ids[b, : len(row)] = torch.tensor(row)
+        mask[b, : len(row)] = 1
+        labels[b, eoi + 1 : len(row)] = torch.tensor(row[eoi + 1 :])
+    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+    captured: list = [None] * len(linears)
+
+    def hook(i):
+        def save(module, args, output):
+            captured[i] = (args[0].detach(), output)
+
+        return save
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(linears)]
+    try:
+        with torch.enable_grad():
+            embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+            logits = model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1].float()
+            targets = labels[:, 1:]
+            token_loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+            keep = (targets != -100).float()
+            loss = ((token_loss * keep).sum(1) / keep.sum(1).clamp_min(1)).sum()
+            deltas = torch.autograd.grad(loss, [y for _, y in captured])
+    finally:
+        for h in handles:
+            h.remove()
+    return [x for x, _ in captured], [d.detach() for d in deltas]

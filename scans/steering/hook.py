@@ -53,7 +53,8 @@ def steering(
 
     `vectors` is (num_layers, D); `coefficients` (B,) is sign·α per row (Eq. 6), `starts` (B,) from
     `steering_starts`. Forward hooks only, no module is replaced; they are removed in `finally`, also when the
-    forward pass or generation raises.
+    forward pass or generation raises. It yields a `RowState` through which the generation engine drops the rows
+    that have finished.
 
     Each layer's addition is computed in float32 on the CPU once, then follows the layer's output to its device and
     dtype at the first call (a model split by `device_map` has its layers on several devices, and a layer offloaded
@@ -61,6 +62,7 @@ def steering(
     """
     blocks = decoder_layers(model)
     coef = coefficients.detach().to(device="cpu", dtype=torch.float32)[:, None]  # (B, 1)
+    rows = RowState(starts)
     handles = []
 
     def make_hook(delta: torch.Tensor):
@@ -72,11 +74,13 @@ def steering(
             position_ids = kwargs.get("position_ids")
             if position_ids is None:
                 raise ModelError(f"{type(module).__name__} received no position_ids; cannot place steering")
-            if hidden.shape[0] != delta.shape[0]:
-                raise ModelError(f"batch of {hidden.shape[0]} rows but {delta.shape[0]} steering coefficients")
-            where = (hidden.device, hidden.dtype)
+            d_all, start_all = rows.view(delta)
+            if hidden.shape[0] != d_all.shape[0]:
+                raise ModelError(f"batch of {hidden.shape[0]} rows but {d_all.shape[0]} steering coefficients")
+            where = (hidden.device, hidden.dtype, rows.version)
             if where not in placed:
-                placed[where] = (delta.to(device=hidden.device, dtype=hidden.dtype), starts.to(hidden.device))
+                placed.clear()
+                placed[where] = (d_all.to(device=hidden.device, dtype=hidden.dtype), start_all.to(hidden.device))
             d, start = placed[where]
             mask = steering_mask(position_ids.to(hidden.device), start).unsqueeze(-1)  # (B, T, 1)
             steered = hidden.addcmul(mask.to(hidden.dtype), d)
@@ -88,7 +92,28 @@ def steering(
         for layer in layers:
             delta = (coef * vectors[layer].detach().to(device="cpu", dtype=torch.float32))[:, None, :]
             handles.append(blocks[layer].register_forward_hook(make_hook(delta), with_kwargs=True))
-        yield
+        yield rows
     finally:
         for handle in handles:
             handle.remove()
+
+
+class RowState:
+    """Which rows of the batch are still decoding: the generation engine drops finished rows (`select`), and the
+    hooks then read their own rows' additions and starts."""
+
+    def __init__(self, starts: torch.Tensor):
+        self.starts = starts
+        self.index: torch.Tensor | None = None  # kept rows, in the original batch's numbering
+        self.version = 0
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep rows `keep` (indices into the current rows)."""
+        keep = keep.to("cpu")
+        self.index = keep if self.index is None else self.index[keep]
+        self.version += 1
+
+    def view(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.index is None:
+            return delta, self.starts
+        return delta[self.index], self.starts[self.index]
