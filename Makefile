@@ -64,7 +64,10 @@ judges:
 	$(PY) scripts/judge_nested_cv.py
 	$(PY) scripts/judge_nested_cv.py --by-prompt
 
+# The engine against the matmul bound and HF generate (results/report/<model>/bench.md and .csv; MODEL= as above),
+# then steering's overhead, the batched SCANS pipeline against the authors' loop, and the parallel launcher.
 bench:
+	$(PY) scripts/bench_engine.py --table2 --overrides model=$(MODEL)
 	$(PY) scripts/bench_steering.py --batch-sizes 1 16 --repeats 3
 	bash scripts/bench_launcher.sh
 

@@ -313,14 +313,15 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
     read: dict[str, list[str]] = {"respond": [], "similarities": [], "scores": [], "features": [], "anchors": []}
     fed: list[tuple[int, ...]] = []
     originals = {
-        "respond": steer.respond_sets, "similarities": classify.similarities, "scores": classify.scores,
+        "respond": steer.respond_jobs, "similarities": classify.similarities, "scores": classify.scores,
         "features": classify.features, "generate": steer.generate,
     }  # fmt: skip
 
-    def respond(run, method, sets, coefficients=None, max_new_tokens=None):
-        seen.extend(sets)
-        read["respond"] += [p.text for prompts in sets.values() for p in prompts]
-        return originals["respond"](run, method, sets, coefficients, max_new_tokens)
+    def respond(run, jobs, max_new_tokens=None):
+        for _, sets, _ in jobs:
+            seen.extend(sets)
+            read["respond"] += [p.text for prompts in sets.values() for p in prompts]
+        return originals["respond"](run, jobs, max_new_tokens)
 
     def similarities(run, name, prompts):
         read["similarities"] += [p.text for p in prompts]
@@ -339,7 +340,7 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
         fed.extend(tuple(p.input_ids) for p in prompts)
         return originals["generate"](model, tokenizer, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(steer, "respond_sets", respond)
+    monkeypatch.setattr(steer, "respond_jobs", respond)
     monkeypatch.setattr(steer, "generate", generate)
     monkeypatch.setattr(classify, "similarities", similarities)
     monkeypatch.setattr(classify, "scores", scores)

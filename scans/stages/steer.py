@@ -18,7 +18,7 @@ from scans.data import Prompt
 from scans.methods import Default, Method
 from scans.models import encode
 from scans.stages.context import Run, prompts_hash
-from scans.steering import DecodingConfig, generate
+from scans.steering import DecodingConfig, Steering, generate
 
 log = logging.getLogger(__name__)
 STAGE = "responses"
@@ -77,32 +77,44 @@ def respond_sets(
     """`respond` for several sets of one method: the sets not generated yet are generated together, in one run of
     length-sorted batches (sets of 64 prompts would leave the engine's batches of 128 half empty), and each is
     written as its own artifact, keyed as `respond` keys it."""
-    coefs = {
-        n: method.coefficients(r, ps, n) if coefficients is None or n not in coefficients else coefficients[n]
-        for n, ps in sets.items()
-    }
-    keys = {n: key(r, method, n, ps, coefs[n], max_new_tokens) for n, ps in sets.items()}
-    out: dict[str, list[dict]] = {}
-    todo = []
-    for n, k in keys.items():
-        if r.store.is_complete(r.model_name, STAGE, k):
-            log.info("steer: reusing %s / %s", method.name, n)
-            out[n] = read_jsonl(r.store.path(r.model_name, STAGE, k) / RESPONSES)
+    return respond_jobs(r, [(method, sets, coefficients)], max_new_tokens)[0]
+
+
+def respond_jobs(r: Run, jobs: list[tuple], max_new_tokens: int | None = None) -> list[dict[str, list[dict]]]:
+    """`respond_sets` for several (method, sets, coefficients or None) jobs: consecutive jobs whose interventions
+    differ only in their per-row coefficients (SCANS rows that differ in α alone: `interchangeable`) are generated
+    in one call, their rows side by side."""
+    out: list[dict[str, list[dict]]] = []
+    todo: list[tuple] = []  # (job index, method, set name, prompts, coefficients, key)
+    for j, (method, sets, given) in enumerate(jobs):
+        out.append({})
+        for n, ps in sets.items():
+            c = method.coefficients(r, ps, n) if given is None or n not in given else given[n]
+            k = key(r, method, n, ps, c, max_new_tokens)
+            if r.store.is_complete(r.model_name, STAGE, k):
+                log.info("steer: reusing %s / %s", method.name, n)
+                out[j][n] = read_jsonl(r.store.path(r.model_name, STAGE, k) / RESPONSES)
+            else:
+                todo.append((j, method, n, ps, c, k))
+    groups: list[list[tuple]] = []
+    for item in todo:
+        iv = methods_lib.intervention(r, item[1])
+        if groups and interchangeable(methods_lib.intervention(r, groups[-1][0][1]), iv):
+            groups[-1].append(item)
         else:
-            todo.append(n)
-    if todo:
-        intervention = methods_lib.intervention(r, method)
-        prompts = [p for n in todo for p in sets[n]]
+            groups.append([item])
+    dec = decoding(r, max_new_tokens)
+    for group in groups:
+        prompts = [p for *_, ps, _, _ in group for p in ps]
         stacked = None
-        if any(coefs[n] is not None for n in todo):
-            stacked = torch.cat([torch.zeros(len(sets[n])) if coefs[n] is None else coefs[n].float() for n in todo])
-        dec = decoding(r, max_new_tokens)
+        if any(c is not None for *_, c, _ in group):
+            stacked = torch.cat([torch.zeros(len(ps)) if c is None else c.float() for *_, ps, c, _ in group])
+        names = ", ".join(dict.fromkeys(f"{m.name} {n}" for _, m, n, *_ in group))
         responses = iter(generate(
-            r.lm.model, r.lm.tokenizer, [encode(r.lm.chat, p.text) for p in prompts], dec,
-            desc=f"{method.name} {', '.join(todo)}", intervention=intervention, coefficients=stacked,
+            r.lm.model, r.lm.tokenizer, [encode(r.lm.chat, p.text) for p in prompts], dec, desc=names,
+            intervention=methods_lib.intervention(r, group[0][1]), coefficients=stacked,
         ))  # fmt: skip
-        for n in todo:
-            c = coefs[n]
+        for j, method, n, ps, c, k in group:
             rows = [
                 {
                     "eval_set": n,
@@ -112,17 +124,28 @@ def respond_sets(
                     "sign": None if c is None else int(torch.sign(c[i])),
                     "response": next(responses),
                 }
-                for i, p in enumerate(sets[n])
+                for i, p in enumerate(ps)
             ]
             provenance = {
                 "method": method.name, "eval_set": n, "n": len(rows), "settings": method.settings(),
                 "upstream": method.upstream(r), "decoding": asdict(dec),
             }  # fmt: skip
-            with r.store.writing(r.model_name, STAGE, keys[n], provenance) as tmp:
+            with r.store.writing(r.model_name, STAGE, k, provenance) as tmp:
                 write_jsonl(tmp / RESPONSES, rows)
             log.info("steer: %s / %s done (%d responses)", method.name, n, len(rows))
-            out[n] = rows
-    return {n: out[n] for n in sets}
+            out[j][n] = rows
+    return [{n: o[n] for n in sets} for o, (_, sets, _) in zip(out, jobs)]
+
+
+def interchangeable(a, b) -> bool:
+    """Whether two interventions act alike given the same per-row coefficients: the same object, or steering of the
+    same layers and positions with equal vectors (SCANS rows that differ in α: α enters through the coefficients)."""
+    if a is b:
+        return True
+    if not (isinstance(a, Steering) and type(a) is type(b)):
+        return False
+    same = list(a.layers) == list(b.layers) and a.positions == b.positions
+    return same and a.vectors.shape == b.vectors.shape and bool(torch.equal(a.vectors, b.vectors))
 
 
 def base_run(r: Run) -> Run | None:

@@ -80,16 +80,24 @@ def generation_subset(r: Run, items: list) -> dict[str, list[int]]:
 def validation_behaviour(r: Run, method, coefficients=None) -> dict:
     """Refusal rates of a method on the validation generation subset, per label, and their balanced accuracy.
     `coefficients` (label -> per-prompt values) may be given when already at hand."""
+    return validation_behaviours(r, [(method, coefficients)])[0]
+
+
+def validation_behaviours(r: Run, settings: list[tuple]) -> list[dict]:
+    """`validation_behaviour` of several (method, coefficients) settings, generated together where their
+    interventions allow (a grid over α: `steer.respond_jobs`)."""
     items = [p for prompts in validation(r).values() for p in prompts]
     subsets = {f"validation-{lab}": [items[i] for i in idx] for lab, idx in generation_subset(r, items).items()}
-    given = None if coefficients is None else {f"validation-{lab}": c for lab, c in coefficients.items()}
-    responses = steer.respond_sets(r, method, subsets, given, r.cfg.tune.max_new_tokens)
-    rates = {}
-    for name, rows in responses.items():
-        texts, asked = [row["response"] for row in rows], [row["prompt"] for row in rows]
-        rates[name.removeprefix("validation-")] = float(np.mean(judge_flags(r.cfg.judge.fit, texts, asked)))
-    rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
-    return rates
+    jobs = [(m, subsets, None if c is None else {f"validation-{lab}": v for lab, v in c.items()}) for m, c in settings]
+    out = []
+    for responses in steer.respond_jobs(r, jobs, r.cfg.tune.max_new_tokens):
+        rates = {}
+        for name, rows in responses.items():
+            texts, asked = [row["response"] for row in rows], [row["prompt"] for row in rows]
+            rates[name.removeprefix("validation-")] = float(np.mean(judge_flags(r.cfg.judge.fit, texts, asked)))
+        rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
+        out.append(rates)
+    return out
 
 
 def compare(r: Run, sets: dict) -> list[dict]:
@@ -143,24 +151,27 @@ def run(r: Run) -> dict | None:
     # The α x steering-layer grid on a seeded subset of each label, with 𝓛 and 𝒯 fixed as chosen above.
     subset = generation_subset(r, items)
 
-    def behaviour(method) -> dict:
+    def coefficients(method, sims: torch.Tensor) -> dict:
         # The subset's similarities are rows of the validation sets' cached ones: no second forward pass.
-        coefs = None
-        if isinstance(method, Scans):
-            coefs = {lab: method.signs(layer_sims[idx]).float() * method.alpha for lab, idx in subset.items()}
-        return validation_behaviour(r, method, coefs)
+        return {lab: method.signs(sims[idx]).float() * method.alpha for lab, idx in subset.items()}
 
-    default = behaviour(Default())
-    grid = []
-    for spec in t.steer_layers:
-        layers = tuple(parse_layers(spec, r.num_layers, "tune.steer_layers"))
-        for alpha in t.alphas:
-            m = Scans(
-                METHOD, float(alpha), layers, tuple(cls_layers), threshold, True,
-                r.cfg.steer.positions, bool(r.cfg.steer.normalize), r.cfg.classify.response,
-            )  # fmt: skip
-            grid.append({"alpha": float(alpha), "steer_layers": list(layers), **behaviour(m)})
-            log.info("tune: α=%s layers=%s -> %s", alpha, spec, grid[-1])
+    default = validation_behaviour(r, Default())
+    grid_methods = [
+        Scans(
+            METHOD, float(alpha), layers, tuple(cls_layers), threshold, True,
+            r.cfg.steer.positions, bool(r.cfg.steer.normalize), r.cfg.classify.response,
+        )
+        for layers in (tuple(parse_layers(spec, r.num_layers, "tune.steer_layers")) for spec in t.steer_layers)
+        for alpha in t.alphas
+    ]  # fmt: skip
+    grid = [
+        {"alpha": m.alpha, "steer_layers": list(m.steer_layers), **rates}
+        for m, rates in zip(
+            grid_methods, validation_behaviours(r, [(m, coefficients(m, layer_sims)) for m in grid_methods])
+        )
+    ]
+    for row in grid:
+        log.info("tune: %s", row)
     best, cap_met = select_setting(grid, default[HARMFUL], t.max_harmful_drop)
 
     # The same grid for the steering with the signs of the chosen classifier (the "SCANS + classifier" row).
@@ -169,18 +180,24 @@ def run(r: Run) -> dict | None:
     scores = torch.cat(
         [classify.scores(r, chosen["kind"], chosen["anchors"], name, prompts) for name, prompts in sets.items()]
     )
-    cls_grid = []
-    for spec in t.steer_layers:
-        layers = tuple(parse_layers(spec, r.num_layers, "tune.steer_layers"))
-        for alpha in t.alphas:
-            m = ScansClassifier(
-                "SCANS + classifier", float(alpha), layers, tuple(chosen["layers"]), chosen["threshold"], True,
-                r.cfg.steer.positions, bool(r.cfg.steer.normalize), r.cfg.classify.response, r.cfg.classify.use,
-                chosen["kind"], chosen["anchors"],
-            )  # fmt: skip
-            coefs = {lab: m.signs(scores[idx]).float() * m.alpha for lab, idx in subset.items()}
-            cls_grid.append({"alpha": float(alpha), "steer_layers": list(layers), **validation_behaviour(r, m, coefs)})
-            log.info("tune: %s/%s α=%s layers=%s -> %s", chosen["kind"], chosen["anchors"], alpha, spec, cls_grid[-1])
+    cls_methods = [
+        ScansClassifier(
+            "SCANS + classifier", float(alpha), layers, tuple(chosen["layers"]), chosen["threshold"], True,
+            r.cfg.steer.positions, bool(r.cfg.steer.normalize), r.cfg.classify.response, r.cfg.classify.use,
+            chosen["kind"], chosen["anchors"],
+        )
+        for layers in (tuple(parse_layers(spec, r.num_layers, "tune.steer_layers")) for spec in t.steer_layers)
+        for alpha in t.alphas
+    ]  # fmt: skip
+    cls_settings = [
+        (m, {lab: m.signs(scores[idx]).float() * m.alpha for lab, idx in subset.items()}) for m in cls_methods
+    ]
+    cls_grid = [
+        {"alpha": m.alpha, "steer_layers": list(m.steer_layers), **rates}
+        for m, rates in zip(cls_methods, validation_behaviours(r, cls_settings))
+    ]
+    for row in cls_grid:
+        log.info("tune: %s/%s %s", chosen["kind"], chosen["anchors"], row)
     cls_best, cls_cap_met = select_setting(cls_grid, default[HARMFUL], t.max_harmful_drop)
     choice = {
         "alpha": best["alpha"],

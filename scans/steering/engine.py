@@ -110,7 +110,8 @@ class PrefixCache:
         ids = tuple(ids)
         if ids and ids != self.ids:
             x = torch.tensor([ids], dtype=torch.long, device=device)
-            out = self.model(input_ids=x, position_ids=torch.arange(len(ids), device=device)[None], use_cache=True)
+            positions = torch.arange(len(ids), device=device)[None]
+            out = self.model(input_ids=x, position_ids=positions, use_cache=True, logits_to_keep=1)
             self.ids, self.cache = ids, out.cache
         return batch_cache(self.model, self.cache if ids else None, rows, capacity, device)
 
@@ -173,7 +174,10 @@ def decode_batch(
     unfinished = torch.ones(b, dtype=torch.bool, device=device)
     steps = 0
     with intervention.active(model, plan) as state:
-        out = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True)
+        out = model(
+            input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True,
+            logits_to_keep=1,
+        )  # fmt: skip
         step_positions = positions[:, -1:]
         while True:
             scores = processors(full_ids, out.logits[:, -1].float())
@@ -195,7 +199,7 @@ def decode_batch(
                 token, unfinished, alive = token[keep], unfinished[keep], alive[keep]
             out = model(
                 input_ids=token[:, None], attention_mask=full_mask, position_ids=step_positions, cache=cache,
-                use_cache=True,
+                use_cache=True, logits_to_keep=1,
             )  # fmt: skip
     return result[:, :steps]
 

@@ -13,7 +13,7 @@ split. Four kinds:
   differs by at least `gap`); the per-layer score is the mean cosine over that layer's critical slices.
 
 The first three share one forward pass per prompt set (a_p, a_e at every layer: `Features`); GradSafe needs a
-backward pass per batch of prompts.
+backward pass per batch of prompts of similar length.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from scans.errors import ModelError
 from scans.models.loading import input_device
+from scans.steering.batching import length_sorted_batches
 from scans.steering.vectors import harm_direction, layer_similarities, refusal_vectors, transition
 
 KINDS = ("transition", "projection", "probe", "gradsafe")
@@ -169,42 +170,46 @@ def gradsafe_scores(
     odd = [name for m, (name, _, _) in zip(linears, weights) if not isinstance(m, torch.nn.Linear)]
     if odd:
         raise ModelError(f"GradSafe reads the gradients of linear layers; {odd[0]} is no nn.Linear weight")
-    starts = range(0, len(queries), batch_size)
-    for start in tqdm(starts, desc=desc, disable=desc is None, leave=False):
-        batch = queries[start : start + batch_size]
-        xs, deltas = _linear_inputs_and_deltas(model, linears, batch)
-
-        def slices(i, rows, cols):
-            x, d = xs[i], deltas[i]  # (B, T, in), (B, T, out)
-            g_rows = torch.einsum("btr,bti->bri", d[:, :, rows], x) if len(rows) else None
-            g_cols = torch.einsum("bto,btc->boc", d, x[:, :, cols]) if len(cols) else None
-            return g_rows, g_cols
-
+    batches = list(length_sorted_batches([len(ids) for ids, _ in queries], batch_size))
+    for idx in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+        xs, deltas = _linear_inputs_and_deltas(model, linears, [queries[i] for i in idx])
+        grams: dict = {}  # per weight: x xᵀ and d dᵀ (B, T, T), shared by the states
         for state, scores in zip(states, out):
-            scores[start : start + len(batch)] = _layer_means(state, weights, num_layers, slices)
+            sums, counts = torch.zeros(len(idx), num_layers, dtype=torch.float64), torch.zeros(num_layers)
+            for i, (name, layer, _) in enumerate(weights):
+                rows, cols = state[f"{name}.rows"], state[f"{name}.cols"]
+                if (len(rows) or len(cols)) and i not in grams:
+                    grams[i] = tuple((t @ t.transpose(1, 2)).double() for t in (xs[i], deltas[i]))
+                refs = state[f"{name}.reference_rows"], state[f"{name}.reference_cols"]
+                for cos in _slice_cosines(xs[i], deltas[i], rows, cols, *refs, *grams.get(i, (None, None))):
+                    sums[:, layer] += torch.nan_to_num(cos).sum(1).cpu()
+                counts[layer] += len(rows) + len(cols)
+            scores[idx] = (sums / counts.clamp_min(1)).float()
     return out
 
 
-def _layer_means(state: dict, weights, num_layers: int, slices) -> torch.Tensor:
-    """(B, L) mean cosine over each layer's critical slices; `slices(i, rows, cols)` gives weight i's gradient rows
-    (B, rows, in) and columns (B, out, cols) of the batch."""
-    sums, counts = None, torch.zeros(num_layers)
-    for i, (name, layer, _) in enumerate(weights):
-        rows, cols = state[f"{name}.rows"], state[f"{name}.cols"]
-        if not len(rows) and not len(cols):
+def _slice_cosines(x, d, rows, cols, ref_rows, ref_cols, gram_x, gram_d) -> list[torch.Tensor]:
+    """Cosines (B, slices) of each query's gradient rows `rows` and columns `cols` of one weight with the reference's,
+    from the layer's inputs x (B, T, in) and output gradients d (B, T, out), the gradient being G = dᵀx per query.
+
+    No G is formed: row r of G is d[:, r]ᵀx, so G_r·ref_r = Σ_t d[t, r] (x_t·ref_r) and |G_r|² = d[:, r]ᵀ(x xᵀ)d[:, r];
+    column c likewise with the roles of x and d swapped (gram_x = x xᵀ, gram_d = d dᵀ, (B, T, T)). The reductions
+    run in float64; eps 1e-8 as F.cosine_similarity."""
+    out = []
+    for side, index, ref in (("rows", rows, ref_rows), ("cols", cols, ref_cols)):
+        if not len(index):
             continue
-        g_rows, g_cols = slices(i, rows.to(weights[i][2].device), cols.to(weights[i][2].device))
-        for g, ref, dim in ((g_rows, state[f"{name}.reference_rows"], 2), (g_cols, state[f"{name}.reference_cols"], 1)):
-            if g is None:
-                continue
-            if sums is None:
-                sums = torch.zeros(g.shape[0], num_layers, dtype=torch.float64)
-            cos = F.cosine_similarity(g.double(), ref.to(g.device).double()[None], dim=dim)
-            sums[:, layer] += torch.nan_to_num(cos).sum(1).cpu()
-        counts[layer] += len(rows) + len(cols)
-    if sums is None:
-        return torch.zeros(1, num_layers)
-    return (sums / counts.clamp_min(1)).float()
+        index, ref = index.to(x.device), ref.to(x.device, x.dtype)
+        if side == "rows":  # G_r = d[:, r]ᵀ x; ref (R, in)
+            own, gram, projected = d[:, :, index], gram_x, x @ ref.T
+        else:  # G_c = dᵀ x[:, c]; ref (out, C)
+            own, gram, projected = x[:, :, index], gram_d, d @ ref
+        own = own.double()
+        dot = (own * projected.double()).sum(1)  # (B, n)
+        norm = ((gram @ own) * own).sum(1).clamp_min(0).sqrt()
+        ref_norm = ref.double().norm(dim=1 if side == "rows" else 0)
+        out.append(dot / (norm * ref_norm).clamp_min(1e-8))
+    return out
 
 
 def _linear_inputs_and_deltas(model, linears, batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -1,0 +1,119 @@
+"""The generation engine (scans/steering/engine.py) against transformers' own `generate` on the same batches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import DEVICE
+from test_methods import QUERIES, _interventions
+
+from scans.methods.base import Row
+from scans.models import encode
+from scans.steering import DecodingConfig, Steering, generate
+from scans.steering import engine as engine_lib
+from scans.steering.engine import common_prefix
+
+KINDS = ["default", "steering", "insertion", "self_cd", "safedecoding", "soft_prompt", "ablation"]
+
+
+def _both(lm, enc, dec, **kwargs) -> tuple[list[str], list[str]]:
+    hf = generate(lm.model, lm.tokenizer, enc, dataclasses.replace(dec, engine="hf"), **kwargs)
+    return generate(lm.model, lm.tokenizer, enc, dec, **kwargs), hf
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_engine_equals_hf_generate_for_every_intervention(tiny_lm, kind):
+    """Greedy outputs of the engine (shared prefix, preallocated cache, its own loop) equal HF `generate`'s on the
+    same batch, through every intervention of Table 2, with the repetition penalty and `min_new_tokens`."""
+    iv, coefs = _interventions(tiny_lm)[kind]
+    enc = [encode(tiny_lm.chat, q) for q in QUERIES]
+    for dec in (DecodingConfig(8, 1.1, 4), DecodingConfig(6, 1.3, 8, min_new_tokens=6)):
+        ours, hf = _both(tiny_lm, enc, dec, intervention=iv, coefficients=coefs)
+        assert ours == hf
+
+
+@pytest.mark.parametrize("positions", ["from_instruction_end", "all", "generated"])
+def test_the_shared_prefix_stops_where_steering_starts(tiny_lm, positions, monkeypatch):
+    """The common prefix is run once, on one row, and only where the intervention leaves it as it is: with steering
+    from the instruction's end it is the chat template's opening, with `all` nothing."""
+    prefixes = []
+    original = engine_lib.PrefixCache.batch
+
+    def record(self, ids, rows, capacity, device):
+        prefixes.append(len(ids))
+        return original(self, ids, rows, capacity, device)
+
+    monkeypatch.setattr(engine_lib.PrefixCache, "batch", record)
+    g = torch.Generator().manual_seed(3)
+    spec = Steering(torch.randn(2, tiny_lm.model.config.hidden_size, generator=g), [0, 1], 4.0, positions)
+    enc = [encode(tiny_lm.chat, q) for q in QUERIES]
+    signs = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
+    ours, hf = _both(tiny_lm, enc, DecodingConfig(6, 1.1, 8), steer=spec, signs=signs)
+    assert ours == hf
+    shared = common_prefix([e.input_ids for e in enc])
+    assert shared > 0 and shared <= min(e.query_start for e in enc)
+    expected = {"from_instruction_end": shared, "all": 0, "generated": shared}[positions]
+    assert prefixes == [expected]
+
+
+def test_rows_that_finish_early_leave_the_batch_and_the_rest_still_match(tiny_lm, monkeypatch):
+    """With a token that ends some rows after a few steps taken as EOS, the engine drops those rows mid-generation
+    (the steering hook's rows follow) and every response still equals HF `generate`'s."""
+    g = torch.Generator().manual_seed(5)
+    spec = Steering(torch.randn(2, tiny_lm.model.config.hidden_size, generator=g), [0, 1], 2.0)
+    queries = [*QUERIES, *(q + " Please." for q in QUERIES)]
+    enc = [encode(tiny_lm.chat, q) for q in queries]
+    signs = torch.tensor([(-1.0) ** i for i in range(len(enc))])
+    dec = DecodingConfig(12, 1.1, len(enc))
+    # The generated ids of every row, to pick a token that some rows produce early and others never.
+    plan = [Row(e.eoi_index, len(e.input_ids), e.query_start, float(c) * spec.alpha) for e, c in zip(enc, signs)]
+    ids = engine_lib.decode_batch(
+        tiny_lm.model, tiny_lm.tokenizer, [e.input_ids for e in enc], plan, spec, 12, 1.1, 0,
+        engine_lib.PrefixCache(tiny_lm.model), DEVICE,
+    ).tolist()  # fmt: skip
+    counts: dict[int, int] = {}
+    for row in ids:
+        for t in set(row[1:4]):
+            counts[t] = counts.get(t, 0) + 1
+    eos = max((t for t, c in counts.items() if c < len(ids)), key=lambda t: counts[t])
+    assert counts[eos] >= 3
+
+    class Tokenizer:  # the tiny tokenizer, with that token as EOS
+        eos_token_id, pad_token_id = eos, tiny_lm.tokenizer.pad_token_id
+        decode = staticmethod(tiny_lm.tokenizer.decode)
+
+    compactions = []
+    original = engine_lib.should_compact
+
+    def record(unfinished, steps_left):
+        decided = original(unfinished, steps_left)
+        compactions.append(decided)
+        return decided
+
+    monkeypatch.setattr(engine_lib, "should_compact", record)
+    ours = generate(tiny_lm.model, Tokenizer, enc, dec, steer=spec, signs=signs)
+    hf = generate(tiny_lm.model, Tokenizer, enc, dataclasses.replace(dec, engine="hf"), steer=spec, signs=signs)
+    assert ours == hf
+    assert any(compactions)
+
+
+def test_an_unknown_engine_is_a_config_error(tiny_lm):
+    from scans.errors import ConfigError
+
+    enc = [encode(tiny_lm.chat, QUERIES[0])]
+    with pytest.raises(ConfigError, match="generation.engine"):
+        generate(tiny_lm.model, tiny_lm.tokenizer, enc, DecodingConfig(2, engine="vllm"))
+
+
+def test_steering_that_differs_only_in_alpha_is_generated_together():
+    """SCANS rows that differ in α alone act alike given the per-row coefficients, so a grid over α shares one
+    generation (`steer.respond_jobs`); other layers or vectors do not."""
+    from scans.stages.steer import interchangeable
+
+    v = torch.randn(2, 8)
+    assert interchangeable(Steering(v, [0, 1], 2.0), Steering(v.clone(), [0, 1], 8.0))
+    assert not interchangeable(Steering(v, [0, 1], 2.0), Steering(v, [1], 2.0))
+    assert not interchangeable(Steering(v, [0, 1], 2.0), Steering(v + 1, [0, 1], 2.0))
+    assert not interchangeable(Steering(v, [0, 1], 2.0), Steering(v, [0, 1], 2.0, "all"))
