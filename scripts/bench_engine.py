@@ -9,9 +9,9 @@ the configured model (the organism by default), and write `results/report/<model
 3. plain HF `generate` (no steering) on the same prompts at each batch size.
 
 Every arm generates exactly `--new-tokens` tokens from the same XSTest prompts. Part 4 (`--table2`) times steered
-generation of Table 2's prompts (the headline SCANS row, its real vectors and signs) on the old path (HF `generate`,
-one set at a time, batch 32) against the engine (every set together, the default batch), and counts the responses
-that differ.
+generation of Table 2's prompts (Default and the headline SCANS row, its real vectors and signs) on the previous path
+(HF `generate`, one set at a time, batch 32) against the engine (every set together, the default batch), counts the
+responses that differ and gives each set's refusal rate on both paths.
 
     python scripts/bench_engine.py [--batch-sizes 1 16 64 128 256] [--new-tokens 32] [--table2] [--overrides ...]
 """
@@ -33,6 +33,7 @@ from scans.artifacts import write_text_atomic
 from scans.cli import CONFIG_DIR
 from scans.config import parse_layers
 from scans.data import load_prompts
+from scans.judge import judge_flags
 from scans.models import encode
 from scans.report.run_record import machine
 from scans.stages import Run, run_stage
@@ -130,34 +131,44 @@ def main() -> None:
     write(r, df, n_tok, machine(device), extra)
 
 
-def table2_comparison(r: Run, batch: int) -> dict:
-    """The headline SCANS row on Table 2's prompts: the old path (HF generate, a set at a time, batch 32) against
-    the engine (all sets together at `batch`), same vectors, signs and decoding; seconds and differing responses."""
+def table2_comparison(r: Run, batch: int) -> list[dict]:
+    """Default and the headline SCANS row on Table 2's prompts: the previous path (HF generate, one set at a time,
+    batch 32) against the engine (every set together at `batch`), same interventions, signs and decoding. Seconds,
+    responses that differ, and each set's refusal rate (the run's judge) on both paths."""
     run_stage("classify", r)
-    method = methods.headline(r)
-    iv = methods.intervention(r, method)
-    sets = r.eval_sets
-    coefs = {n: method.coefficients(r, ps, n) for n, ps in sets.items()}
-    enc = {n: [encode(r.lm.chat, p.text) for p in ps] for n, ps in sets.items()}
-    g = r.cfg.generation
+    lm, g, sets = r.lm, r.cfg.generation, r.eval_sets
     old = DecodingConfig(g.max_new_tokens, g.repetition_penalty, 32, engine="hf")
     new = DecodingConfig(g.max_new_tokens, g.repetition_penalty, batch)
-    lm = r.lm
-    t = time.perf_counter()
-    before = [x for n in sets for x in generate(lm.model, lm.tokenizer, enc[n], old, intervention=iv,
-                                                 coefficients=coefs[n])]  # fmt: skip
-    old_s = time.perf_counter() - t
-    t = time.perf_counter()
-    after = generate(lm.model, lm.tokenizer, [e for n in sets for e in enc[n]], new, intervention=iv,
-                     coefficients=torch.cat([coefs[n] for n in sets]))  # fmt: skip
-    new_s = time.perf_counter() - t
-    return {
-        "method": method.name, "prompts": len(before), "old_s": old_s, "new_s": new_s,
-        "differ": sum(a != b for a, b in zip(before, after)), "batch": batch,
-    }  # fmt: skip
+    enc = {n: [encode(lm.chat, p.text) for p in ps] for n, ps in sets.items()}
+    out = []
+    for method in (methods.Default(), methods.headline(r)):
+        iv = methods.intervention(r, method)
+        coefs = {n: method.coefficients(r, ps, n) for n, ps in sets.items()}
+        t = time.perf_counter()
+        before = {n: generate(lm.model, lm.tokenizer, enc[n], old, intervention=iv, coefficients=coefs[n])
+                  for n in sets}  # fmt: skip
+        old_s = time.perf_counter() - t
+        stacked = None if coefs[next(iter(sets))] is None else torch.cat([coefs[n] for n in sets])
+        t = time.perf_counter()
+        flat = generate(lm.model, lm.tokenizer, [e for n in sets for e in enc[n]], new, intervention=iv,
+                        coefficients=stacked)  # fmt: skip
+        new_s = time.perf_counter() - t
+        after, start = {}, 0
+        for n in sets:
+            after[n], start = flat[start : start + len(enc[n])], start + len(enc[n])
+        rates = {}
+        for n, ps in sets.items():
+            asked = [p.text for p in ps]
+            rates[n] = tuple(100 * sum(judge_flags(r.cfg.judge.name, x[n], asked)) / len(ps) for x in (before, after))
+        out.append({
+            "method": method.name, "prompts": len(flat), "old_s": old_s, "new_s": new_s, "batch": batch,
+            "differ": sum(a != b for n in sets for a, b in zip(before[n], after[n])), "rates": rates,
+        })  # fmt: skip
+        print(out[-1], flush=True)
+    return out
 
 
-def write(r: Run, df: pd.DataFrame, new_tokens: int, where: dict, table2: dict | None) -> None:
+def write(r: Run, df: pd.DataFrame, new_tokens: int, where: dict, table2: list[dict] | None) -> None:
     folder = Path(r.cfg.paths.report) / r.model_name
     cols = ["model", "batch_size", "default", "bound_tok_s", "engine_tok_s", "hf_tok_s", "engine_decode_tok_s"]
     write_text_atomic(folder / "bench.csv", df[cols].to_csv(index=False, float_format="%.1f"))
@@ -190,14 +201,29 @@ def write(r: Run, df: pd.DataFrame, new_tokens: int, where: dict, table2: dict |
         f" decoding at {d.decode_over_bound:.2f} of the matmul bound ({d.engine_over_bound:.2f} end to end).",
     ]
     if table2:
-        t = table2
         md += [
             "",
-            f"Table 2's prompts ({t['prompts']}, row {t['method']}, its own vectors and signs, up to"
-            f" {r.cfg.generation.max_new_tokens} new tokens): {t['old_s']:.0f} s on the previous path"
-            f" (HF `generate`, one set at a time, batch 32) against {t['new_s']:.0f} s on the engine"
-            f" (every set together, batch {t['batch']}): {t['old_s'] / t['new_s']:.2f}x faster;"
-            f" {t['differ']} responses differ.",
+            f"## Table 2's prompts, the previous path against the engine (up to {r.cfg.generation.max_new_tokens} new"
+            " tokens)",
+            "",
+            "The previous path is HF `generate`, one set at a time, batch 32; the engine generates every set together"
+            f" at batch {table2[0]['batch']}. Same interventions, signs and decoding; refusal rates (%) by the run's"
+            f" judge (`{r.cfg.judge.name}`) on each path.",
+            "",
+            "| row | prompts | previous s | engine s | speed-up | responses that differ |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {t['method']} | {t['prompts']} | {t['old_s']:.1f} | {t['new_s']:.1f} |"
+                f" {t['old_s'] / t['new_s']:.2f}x | {t['differ']} |"
+                for t in table2
+            ),  # fmt: skip
+            "",
+            "| row | " + " | ".join(table2[0]["rates"]) + " |",
+            "|---|" + "---|" * len(table2[0]["rates"]),
+            *(
+                "| " + t["method"] + " | " + " | ".join(f"{a:.1f} → {b:.1f}" for a, b in t["rates"].values()) + " |"
+                for t in table2
+            ),  # fmt: skip
         ]
     write_text_atomic(folder / "bench.md", "\n".join(md) + "\n")
     print("\n".join(md))

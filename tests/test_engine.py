@@ -117,3 +117,31 @@ def test_steering_that_differs_only_in_alpha_is_generated_together():
     assert not interchangeable(Steering(v, [0, 1], 2.0), Steering(v, [1], 2.0))
     assert not interchangeable(Steering(v, [0, 1], 2.0), Steering(v + 1, [0, 1], 2.0))
     assert not interchangeable(Steering(v, [0, 1], 2.0), Steering(v, [0, 1], 2.0, "all"))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral_sliding"])
+def test_engine_equals_hf_generate_on_other_families(tiny_tokenizer, family):
+    """A Qwen2 model (the companion issue's family) takes the preallocated cache; a sliding-window model keeps
+    transformers' own cache layers. Both equal HF `generate` with per-row steering."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from scans.models import LoadedModel, make_chat_format
+    from scans.steering.engine import batch_cache
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+    if family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**shape))
+    else:
+        model = MistralForCausalLM(MistralConfig(**shape, sliding_window=6))
+    model = model.eval().requires_grad_(False).to(DEVICE)
+    lm = LoadedModel(family, model, tiny_tokenizer, make_chat_format("tokenizer", tiny_tokenizer))
+    kinds = {type(layer).__name__ for layer in batch_cache(model, None, 2, 8, DEVICE).layers}
+    assert kinds == ({"PreallocatedLayer"} if family == "qwen2" else {"DynamicSlidingWindowLayer"})
+    g = torch.Generator().manual_seed(2)
+    spec = Steering(torch.randn(2, 64, generator=g), [0, 1], 3.0)
+    enc = [encode(lm.chat, q) for q in QUERIES]
+    signs = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
+    ours, hf = _both(lm, enc, DecodingConfig(10, 1.1, 8), steer=spec, signs=signs)
+    assert ours == hf
