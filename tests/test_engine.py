@@ -109,14 +109,15 @@ def test_an_unknown_engine_is_a_config_error(tiny_lm):
 
 def test_steering_that_differs_only_in_alpha_is_generated_together():
     """SCANS rows that differ in α alone act alike given the per-row coefficients, so a grid over α shares one
-    generation (`steer.respond_jobs`); other layers or vectors do not."""
-    from scans.stages.steer import interchangeable
+    generation (`steer.respond_jobs`); other layers, positions or vectors do not, nor two other interventions."""
+    from scans.methods.base import Intervention
 
     v = torch.randn(2, 8)
-    assert interchangeable(Steering(v, [0, 1], 2.0), Steering(v.clone(), [0, 1], 8.0))
-    assert not interchangeable(Steering(v, [0, 1], 2.0), Steering(v, [1], 2.0))
-    assert not interchangeable(Steering(v, [0, 1], 2.0), Steering(v + 1, [0, 1], 2.0))
-    assert not interchangeable(Steering(v, [0, 1], 2.0), Steering(v, [0, 1], 2.0, "all"))
+    assert Steering(v, [0, 1], 2.0).acts_like(Steering(v.clone(), [0, 1], 8.0))
+    assert not Steering(v, [0, 1], 2.0).acts_like(Steering(v, [1], 2.0))
+    assert not Steering(v, [0, 1], 2.0).acts_like(Steering(v + 1, [0, 1], 2.0))
+    assert not Steering(v, [0, 1], 2.0).acts_like(Steering(v, [0, 1], 2.0, "all"))
+    assert not Steering(v, [0, 1], 2.0).acts_like(Intervention()) and not Intervention().acts_like(Intervention())
 
 
 @pytest.mark.parametrize("family", ["qwen2", "mistral_sliding"])

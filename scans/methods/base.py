@@ -155,6 +155,11 @@ class Intervention:
         an override that does not say."""
         return 1 << 30 if type(self).active is Intervention.active else 0
 
+    def acts_like(self, other: Intervention) -> bool:
+        """Whether `other` changes the forward passes exactly as this one does for the same per-row coefficients, so
+        that their rows may share one batch (SCANS rows that differ in α alone). By default only itself."""
+        return other is self
+
     def compactable(self) -> bool:
         """Whether the engine may drop finished rows from a batch mid-generation. It may when nothing holds per-row
         state: no override of `active` (or one whose context yields an object with `select(keep)`, told which rows

@@ -18,7 +18,7 @@ from scans.data import Prompt
 from scans.methods import Default, Method
 from scans.models import encode
 from scans.stages.context import Run, prompts_hash
-from scans.steering import DecodingConfig, Steering, generate
+from scans.steering import DecodingConfig, generate
 
 log = logging.getLogger(__name__)
 STAGE = "responses"
@@ -81,9 +81,9 @@ def respond_sets(
 
 
 def respond_jobs(r: Run, jobs: list[tuple], max_new_tokens: int | None = None) -> list[dict[str, list[dict]]]:
-    """`respond_sets` for several (method, sets, coefficients or None) jobs: consecutive jobs whose interventions
-    differ only in their per-row coefficients (SCANS rows that differ in α alone: `interchangeable`) are generated
-    in one call, their rows side by side."""
+    """`respond_sets` for several (method, sets, coefficients or None) jobs: consecutive jobs whose interventions act
+    alike but for their per-row coefficients (`Intervention.acts_like`: SCANS rows that differ in α alone) are
+    generated in one call, their rows side by side."""
     out: list[dict[str, list[dict]]] = []
     todo: list[tuple] = []  # (job index, method, set name, prompts, coefficients, key)
     for j, (method, sets, given) in enumerate(jobs):
@@ -99,7 +99,7 @@ def respond_jobs(r: Run, jobs: list[tuple], max_new_tokens: int | None = None) -
     groups: list[list[tuple]] = []
     for item in todo:
         iv = methods_lib.intervention(r, item[1])
-        if groups and interchangeable(methods_lib.intervention(r, groups[-1][0][1]), iv):
+        if groups and methods_lib.intervention(r, groups[-1][0][1]).acts_like(iv):
             groups[-1].append(item)
         else:
             groups.append([item])
@@ -135,17 +135,6 @@ def respond_jobs(r: Run, jobs: list[tuple], max_new_tokens: int | None = None) -
             log.info("steer: %s / %s done (%d responses)", method.name, n, len(rows))
             out[j][n] = rows
     return [{n: o[n] for n in sets} for o, (_, sets, _) in zip(out, jobs)]
-
-
-def interchangeable(a, b) -> bool:
-    """Whether two interventions act alike given the same per-row coefficients: the same object, or steering of the
-    same layers and positions with equal vectors (SCANS rows that differ in α: α enters through the coefficients)."""
-    if a is b:
-        return True
-    if not (isinstance(a, Steering) and type(a) is type(b)):
-        return False
-    same = list(a.layers) == list(b.layers) and a.positions == b.positions
-    return same and a.vectors.shape == b.vectors.shape and bool(torch.equal(a.vectors, b.vectors))
 
 
 def base_run(r: Run) -> Run | None:

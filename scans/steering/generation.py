@@ -60,6 +60,18 @@ class Steering(Intervention):
     def compactable(self) -> bool:
         return True  # `active` yields the hooks' RowState
 
+    def acts_like(self, other: Intervention) -> bool:
+        """The same layers, positions and vectors: α only scales the per-row coefficients."""
+        if other is self:
+            return True
+        if (
+            type(other) is not type(self)
+            or list(other.layers) != list(self.layers)
+            or other.positions != self.positions
+        ):
+            return False
+        return other.vectors.shape == self.vectors.shape and bool(torch.equal(other.vectors, self.vectors))
+
 
 @torch.no_grad()
 def generate(

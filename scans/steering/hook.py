@@ -74,14 +74,14 @@ def steering(
             position_ids = kwargs.get("position_ids")
             if position_ids is None:
                 raise ModelError(f"{type(module).__name__} received no position_ids; cannot place steering")
-            d_all, start_all = rows.view(delta)
-            if hidden.shape[0] != d_all.shape[0]:
-                raise ModelError(f"batch of {hidden.shape[0]} rows but {d_all.shape[0]} steering coefficients")
             where = (hidden.device, hidden.dtype, rows.version)
-            if where not in placed:
+            if where not in placed:  # once per context, and again only when the engine drops rows
+                d_all, start_all = rows.view(delta)
                 placed.clear()
                 placed[where] = (d_all.to(device=hidden.device, dtype=hidden.dtype), start_all.to(hidden.device))
             d, start = placed[where]
+            if hidden.shape[0] != d.shape[0]:
+                raise ModelError(f"batch of {hidden.shape[0]} rows but {d.shape[0]} steering coefficients")
             mask = steering_mask(position_ids.to(hidden.device), start).unsqueeze(-1)  # (B, T, 1)
             steered = hidden.addcmul(mask.to(hidden.dtype), d)
             return (steered, *output[1:]) if isinstance(output, tuple) else steered
