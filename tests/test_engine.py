@@ -146,3 +146,37 @@ def test_engine_equals_hf_generate_on_other_families(tiny_tokenizer, family):
     signs = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
     ours, hf = _both(lm, enc, DecodingConfig(10, 1.1, 8), steer=spec, signs=signs)
     assert ours == hf
+
+
+@pytest.mark.parametrize("vocab_extra", [0, 3])
+def test_the_in_place_repetition_penalty_is_transformers(vocab_extra):
+    """`penalise_repeats_` gives transformers' RepetitionPenaltyLogitsProcessor's scores, repeated ids and negative
+    scores included, also where some ids lie beyond the scores' vocabulary (an embedding larger than the head)."""
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(5, 50, generator=g)
+    ids = torch.randint(0, 50 + vocab_extra, (5, 12), generator=g)
+    ids[:, :3] = ids[:, 3:6]  # repeats
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(ids, scores.clone())
+    ours = scores.clone()
+    engine_lib.penalise_repeats_(ours, ids, 1.3)
+    assert torch.equal(ours, expected)
+    assert not torch.equal(ours, scores)
+
+
+def test_the_head_sees_a_contiguous_input_only_while_generating(tiny_lm):
+    """The prompt's pass hands the lm_head a strided slice; the engine's pre-hook makes it contiguous, and is gone
+    afterwards."""
+    head = tiny_lm.model.get_output_embeddings()
+    seen = []
+    probe = head.register_forward_hook(lambda _, args, out: seen.append(args[0].is_contiguous()))
+    try:
+        x = torch.tensor([[1, 2, 3, 4]], device=DEVICE)
+        with engine_lib.contiguous_head_input(tiny_lm.model):
+            assert len(head._forward_pre_hooks) == 1
+            tiny_lm.model(input_ids=x.expand(2, -1), logits_to_keep=1)
+        tiny_lm.model(input_ids=x.expand(2, -1), logits_to_keep=1)
+    finally:
+        probe.remove()
+    assert seen == [True, False] and not head._forward_pre_hooks

@@ -111,13 +111,18 @@ def _logits(model, batch):
 
 
 def test_steering_changes_only_positions_from_instruction_end(tiny_lm):
-    enc = _encoded(tiny_lm, "Sure")
+    assert_steering_only_from_instruction_end(tiny_lm, _encoded(tiny_lm, "Sure"))
+
+
+def assert_steering_only_from_instruction_end(lm, enc) -> None:
+    """Steering rows of different lengths, left-padded, changes the logits at and after each row's end of
+    instruction and nowhere before it (nor on padding)."""
     batch = pad_left([e.input_ids for e in enc])
-    plain = _logits(tiny_lm.model, batch)
+    plain = _logits(lm.model, batch)
     starts = steering_starts("from_instruction_end", [e.eoi_index for e in enc], [len(e.input_ids) for e in enc])
-    signs = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
-    with steering(tiny_lm.model, _unit_vectors(tiny_lm.model) * 4, [0], signs, starts):
-        steered = _logits(tiny_lm.model, batch)
+    signs = torch.tensor([(-1.0) ** i for i in range(len(enc))])
+    with steering(lm.model, _unit_vectors(lm.model) * 4, [0], signs, starts):
+        steered = _logits(lm.model, batch)
     changed = (steered - plain).abs().amax(-1) > 1e-4  # (B, T)
     expected = steering_mask(batch.position_ids, starts) & batch.attention_mask.bool()
     assert torch.equal(changed & batch.attention_mask.bool(), expected)

@@ -18,12 +18,14 @@ then argmax; a finished row is fed the pad token, and the loop stops when every 
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache, LogitsProcessorList
+from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
-from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from scans.methods.base import Intervention, Row
 
@@ -157,31 +159,30 @@ def decode_batch(
     cache = prefix.batch(rows[0][:p], b, p + ids.shape[1] + max_new_tokens, device)
     full_ids = torch.cat([ids.new_tensor(rows[0][:p]).expand(b, p), ids], dim=1)
     full_mask = torch.cat([mask.new_ones(b, p), mask], dim=1)
-    processors = LogitsProcessorList()
-    if repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
     eos = tokenizer.eos_token_id
-    if min_new_tokens:
-        processors.append(MinNewTokensLengthLogitsProcessor(full_ids.shape[1], min_new_tokens, eos))
-    own = intervention.processor(model, full_mask, plan)
-    if own is not None:
-        processors.append(own)
     eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device)
+    own = intervention.processor(model, full_mask, plan)
     pad_id = tokenizer.pad_token_id
     result = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=device)
     alive = torch.arange(b, device=device)  # the batch's rows still decoding, in its original numbering
     compact = own is None and intervention.compactable()
     unfinished = torch.ones(b, dtype=torch.bool, device=device)
     steps = 0
-    with intervention.active(model, plan) as state:
+    with contiguous_head_input(model), intervention.active(model, plan) as state:
         out = model(
             input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True,
             logits_to_keep=1,
         )  # fmt: skip
         step_positions = positions[:, -1:]
         while True:
-            scores = processors(full_ids, out.logits[:, -1].float())
-            token = torch.where(unfinished, scores.argmax(-1), pad_id)
+            scores = out.logits[:, -1].float()
+            if repetition_penalty != 1.0:
+                penalise_repeats_(scores, full_ids, repetition_penalty)
+            if steps < min_new_tokens:
+                scores[:, eos_ids] = -math.inf
+            if own is not None:
+                scores = own(full_ids, scores)
+            token = torch.where(unfinished, scores.max(-1).indices, pad_id)  # argmax (first of ties), 3x faster
             result[alive, steps] = token
             steps += 1
             unfinished &= ~torch.isin(token, eos_ids)
@@ -202,6 +203,33 @@ def decode_batch(
                 use_cache=True, logits_to_keep=1,
             )  # fmt: skip
     return result[:, :steps]
+
+
+@contextlib.contextmanager
+def contiguous_head_input(model):
+    """Make the lm_head's input contiguous while generating. With `logits_to_keep=1` the prompt's pass hands the
+    head a strided (B, 1, d) slice of its hidden states, which `F.linear` runs as a batched matmul over B copies of
+    the weight (0.3 s at batch 128 for a 49k vocabulary, against 25 ms as one matmul)."""
+    head = model.get_output_embeddings()
+    handle = None if head is None else head.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def penalise_repeats_(scores: torch.Tensor, ids: torch.Tensor, penalty: float) -> None:
+    """transformers' `RepetitionPenaltyLogitsProcessor`, in place: every token of a row's ids has its score divided
+    by the penalty (multiplied where negative). The library's processor pads and scatters a fresh copy of the
+    (B, vocab) scores at every step, a fifth of a decoding step at batch 128 on a CPU; ids beyond the scores'
+    vocabulary are skipped, as there."""
+    vocab = scores.shape[-1]
+    if int(ids.max()) >= vocab:  # an embedding vocabulary larger than the lm_head's: the library's way
+        scores.copy_(RepetitionPenaltyLogitsProcessor(penalty)(ids, scores))
+        return
+    score = scores.gather(1, ids)
+    scores.scatter_(1, ids, torch.where(score < 0, score * penalty, score / penalty))
 
 
 def should_compact(unfinished: torch.Tensor, steps_left: int) -> bool:
