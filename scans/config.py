@@ -115,6 +115,10 @@ def validate(cfg: DictConfig) -> None:
         positive_int(OmegaConf.select(c, key), f"capability.{key}", allow_none=True)
     if not 0 <= c.mmlu.shots <= 5:
         raise ConfigError(f"capability.mmlu.shots={c.mmlu.shots!r}; MMLU has 5 dev questions per subject (0-5)")
+    if c.mmlu.get("subjects"):
+        from scans.capability.mmlu import check_subjects
+
+        check_subjects(list(c.mmlu.subjects))
     for b in c.cost.batch_sizes:
         positive_int(b, "capability.cost.batch_sizes[]")
     from scans.judge import get_judge
@@ -150,7 +154,7 @@ def validate_data(cfg: DictConfig) -> None:
     if not cfg.data.eval_sets:
         raise ConfigError("data.eval_sets is empty")
     known = eval_sets()
-    for key in ("data.eval_sets", "tune.validation_sets", "sweep.sets"):
+    for key in ("data.eval_sets", "tune.validation_sets", "sweep.sets", "steer.full.sets"):
         listed = list(OmegaConf.select(cfg, key))
         unknown = [n for n in listed if n not in known]
         if unknown:
@@ -231,5 +235,8 @@ def validate_methods(cfg: DictConfig) -> None:
         raise ConfigError("methods is empty; list rows of configs/method/ (e.g. methods=[default,scans_paper])")
     for name in cfg.methods:
         methods.build(methods.node(cfg, name), name)
+    unknown = [n for n in cfg.steer.full.methods if n not in methods.known()]
+    if unknown:
+        raise ConfigError(f"steer.full.methods: {', '.join(unknown)} is not a YAML of configs/method/")
     if cfg.get("method") is not None:
         methods.build(cfg.method)

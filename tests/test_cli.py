@@ -123,6 +123,7 @@ def test_empty_evaluation_set_is_rejected(tmp_path, data_dir, monkeypatch, capsy
         "steer.positions=everywhere",
         "stage=train",
         "capability.mmlu.shots=7",
+        "capability.mmlu.subjects=[abstract_algebra,astrology]",
         "capability.perplexity.window=0",
         "tune.max_harmful_drop=2",
         "sweep.vary=beta",

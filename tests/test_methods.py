@@ -74,7 +74,7 @@ def test_default_rows_follow_the_papers_order():
     cfg = default_cfg()
     assert [methods.build(methods.node(cfg, n)).name for n in cfg.methods] == [
         "Default", "Prompt", "Self-CD", "SafeDecoding", "DRO", "SCANS (paper recipe)", "SCANS (tuned)",
-        "SCANS + classifier", "ActAdd (always)", "False-refusal ablation",
+        "SCANS (tuned, two magnitudes)", "SCANS + classifier", "ActAdd (always)", "False-refusal ablation",
     ]  # fmt: skip
 
 
@@ -318,6 +318,27 @@ def test_dro_loss_falls_and_the_soft_prompt_round_trips(tiny_run):
     save_tensors(alien, {"soft_prompt": torch.zeros(3, 7)}, {"model": "another", "model_name": "gpt-x"})
     with pytest.raises(ModelError, match="trained for gpt-x"):
         load_soft_prompt(tiny_run, alien)
+
+
+def test_the_baselines_smoke_subsets_are_seeded_and_sized(tiny_run):
+    """experiment=smoke trains DRO on `queries_per_set` prompts of each set and builds the ablation's directions from
+    `pool_size` prompts of each pool: the same draw every time, different from another seed's."""
+    from scans.methods.ablation import FalseRefusalAblation
+    from scans.methods.dro import DRO
+
+    small = DRO("DRO", epochs=1, batch_size=50, answer_tokens=2, queries_per_set=6)
+    summary = small.prepare(tiny_run)
+    assert summary["queries"] == summary["overlap"]["checked"] == 12 and len(summary["losses"]) == 1
+    assert DRO("DRO", epochs=1, batch_size=50, answer_tokens=2).training_key(tiny_run) != small.training_key(tiny_run)
+
+    def pools(seed):
+        method = FalseRefusalAblation("FR", harmless_size=5, pool_size=7, seed=seed)
+        overlap = method.prepare(tiny_run)["overlap"]
+        return {role: overlap[role]["checked"] for role in overlap}, method.directions(tiny_run)
+
+    (sizes, first), (_, again), (_, other) = pools(0), pools(0), pools(1)
+    assert sizes == {"pseudo_harmful": 7, "harmful": 7, "harmless": 5}
+    assert torch.equal(first, again) and not torch.equal(first, other)
 
 
 def test_safedecoding_expert_is_trained_on_the_models_own_refusals(tiny_run, tmp_path, tiny_model):

@@ -62,6 +62,9 @@ def tiny_overrides(tiny_model_dir, tmp_path) -> list[str]:
         # multirun tests below.
         "sweep.alphas=[]",
         "sweep.segments=[]",
+        # Table 4 at batch 1 too, and MMLU on every subject (smoke's four give fewer than its 8 cross-checks).
+        "capability.cost.batch_sizes=[1,2]",
+        "capability.mmlu.subjects=null",
         f"paths.artifacts={tmp_path / 'artifacts'}",
         f"paths.report={tmp_path / 'report'}",
     ]
@@ -300,6 +303,8 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
         "tune.prompts_per_label=2",
         "tune.max_new_tokens=2",
         "tune.validation_limit=12",  # 48 validation prompts: every classifier is scored on them, GradSafe by backprop
+        "methods=[default,scans_paper,scans_tuned,scans_two,scans_classifier]",
+        "steer.full.sets=[xstest_safe,xstest_unsafe]",  # some rows on all 450 XSTest prompts (table2_full)
     )
     r = Run(tuned_cfg)
     validation_texts = {p.text for prompts in tune.validation(r).values() for p in prompts}
@@ -365,9 +370,17 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
     out = tmp / "report" / r.model_name  # one folder per model (scans.stages.report.model_folder)
     df = pd.read_csv(out / "table2.csv")
     rows = df["method"].tolist()  # rows of the model replaced
-    assert rows[:3] == ["Default", "SCANS (paper recipe)", "SCANS (tuned)"] and len(rows) == 4
+    assert rows[:4] == ["Default", "SCANS (paper recipe)", "SCANS (tuned)", "SCANS (tuned, two magnitudes)"]
     c = choice["classifier"]
-    assert rows[3] == f"SCANS + classifier ({c['kind']}, {c['anchors']} anchors)" and len(c["grid"]) == 4
+    assert rows[4:] == [f"SCANS + classifier ({c['kind']}, {c['anchors']} anchors)"] and len(c["grid"]) == 4
+    two = choice["two_magnitudes"]  # (0, 1, 3) x (0, 1, 3) on each of the 2 layer ranges, from the same responses
+    assert len(two["grid"]) == 18 and two["alpha"] in (0.0, 1.0, 3.0) and two["alpha_harmful"] in (0.0, 1.0, 3.0)
+    # Table 2's deciding rows on all of XSTest: the listed ones, then the best other (here the only other one).
+    full = pd.read_csv(out / "table2_full.csv")
+    assert full["method"].tolist() == rows
+    assert "xstest_safe 250, xstest_unsafe 200" in (out / "table2_full.md").read_text()
+    summary = judge.load(r, Default(), "xstest_safe", r.full_sets["xstest_safe"])
+    assert summary["n"] == 250 and full["xstest_safe"][0] == pytest.approx(100 * summary["refusals"] / 250, abs=0.01)
     compared = {(x["kind"], x["anchors"]) for x in choice["classifiers"]}
     assert compared == {(k, a) for k, sets in cfg.classify.compare.items() for a in sets}
     assert c["auroc"] == max(x["auroc"] for x in choice["classifiers"])  # `best`, on the validation split

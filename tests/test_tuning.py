@@ -1,5 +1,6 @@
 """Choosing 𝓛 and 𝒯 on validation similarities."""
 
+import numpy as np
 import torch
 
 from scans.steering.tuning import best_threshold, best_window, layer_auroc, select_setting
@@ -33,3 +34,38 @@ def test_selection_caps_the_loss_of_harmful_refusal():
     assert select_setting(grid, 0.92, None) == (grid[3], True)
     assert select_setting(grid, 0.92, 0.10) == (grid[1], True)  # 16 would lose 22 points of harmful refusal
     assert select_setting(grid, 0.92, 0.01) == (grid[3], False)  # nothing within the cap: best balanced accuracy
+
+
+def test_two_magnitudes_combine_the_symmetric_grids_responses_prompt_by_prompt():
+    """Each prompt takes its flag from the setting of its own coefficient: -α_benign where σ(q) = -1, +α_harmful (or
+    Default's, for 0) where σ(q) = +1; the diagonal is the symmetric grid and (0, 0) is Default."""
+    from scans.stages.tune import behaviour, two_magnitude_grid
+
+    signs = {"harmful": torch.tensor([1, 1, -1, 1]), "benign": torch.tensor([-1, 1, -1])}
+    default = {"harmful": np.array([1, 1, 1, 1], bool), "benign": np.array([1, 1, 1], bool)}
+    flags = [  # per α: harmful rows keep refusing at α 1 and stop at α 2; benign rows answer from α 1
+        {"harmful": np.array([1, 1, 0, 1], bool), "benign": np.array([0, 1, 0], bool)},
+        {"harmful": np.array([0, 0, 0, 0], bool), "benign": np.array([0, 0, 0], bool)},
+    ]
+    grid = [{"alpha": a, "steer_layers": [3, 4], **behaviour(f)} for a, f in zip((1.0, 2.0), flags)]
+    two = {(g["alpha"], g["alpha_harmful"]): g for g in two_magnitude_grid(grid, flags, default, signs)}
+    assert set(two) == {(b, h) for b in (0.0, 1.0, 2.0) for h in (0.0, 1.0, 2.0)}
+    for g in grid:
+        assert {k: two[g["alpha"], g["alpha"]][k] for k in g} == g
+    assert two[0.0, 0.0]["harmful"] == 1.0 and two[0.0, 0.0]["benign"] == 1.0
+    # α_benign 2, α_harmful 0: the harmful-signed rows as Default (all refuse), the benign-signed as at α 2.
+    assert two[2.0, 0.0]["harmful"] == 0.75 and two[2.0, 0.0]["benign"] == 1 / 3
+    # Within 25 points of Default's harmful refusal, (1, 0) answers as many benign prompts as (1, 1) and (2, 0) and
+    # steers least.
+    assert select_setting(list(two.values()), 1.0, 0.25)[0] == two[1.0, 0.0]
+
+
+def test_scans_can_steer_each_sign_by_its_own_magnitude():
+    from scans.methods.scans import Scans
+
+    sims = torch.tensor([[0.9, 0.9], [0.1, 0.1]])  # harmful, benign at 𝒯 0.5 on 𝓛 0-1
+    one = Scans("S", 2.0, (0,), (0, 1), 0.5)
+    two = Scans("S", 2.0, (0,), (0, 1), 0.5, alpha_harmful=0.0)
+    assert one.coefficients_from(sims).tolist() == [2.0, -2.0]
+    assert two.coefficients_from(sims).tolist() == [0.0, -2.0]
+    assert one.response_inputs(one.coefficients_from(sims)) != two.response_inputs(two.coefficients_from(sims))

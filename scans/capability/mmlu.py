@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from scans.errors import DataError, ModelError
+from scans.errors import ConfigError, DataError, ModelError
 from scans.methods.base import Intervention, Row, teacher_forced_logits
 from scans.models.loading import input_device
 
@@ -90,6 +90,16 @@ def header(subject: str) -> str:
     by two spaces ("... about  abstract algebra.")."""
     words = "".join(" " + word for word in subject.split("_"))
     return f"The following are multiple choice questions (with answers) about {words}.\n\n"
+
+
+def check_subjects(subjects: list[str]) -> list[str]:
+    """`capability.mmlu.subjects` checked against MMLU's 57 (a typo would silently drop a category)."""
+    unknown = sorted(set(subjects) - set(SUBCATEGORY))
+    if unknown:
+        raise ConfigError(
+            f"capability.mmlu.subjects: {', '.join(unknown)} is not an MMLU subject (e.g. {next(iter(SUBCATEGORY))})"
+        )
+    return subjects
 
 
 def questions(

@@ -18,7 +18,7 @@ from scans.methods.default import Default
 
 METHOD_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "method"
 HEADLINE = {True: "scans_tuned", False: "scans_paper"}  # by steer.tuned
-TUNED = ("scans_tuned", "scans_classifier")  # the rows whose settings the `tune` stage chooses
+TUNED = ("scans_tuned", "scans_two", "scans_classifier")  # the rows whose settings the `tune` stage chooses
 
 
 def known() -> list[str]:

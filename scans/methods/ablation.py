@@ -89,6 +89,7 @@ class FalseRefusalAblation(Method):
     harmful: str = "dro_harmful"
     harmless: str = "alpaca"
     harmless_size: int = 100
+    pool_size: int | None = None  # a seeded subset of the other two pools too (experiment=smoke); None: all
     coefficient: float = 1.0
     layer: int | None = None  # None: chosen among `candidate_layers` on the validation split
     candidate_layers: tuple = ()
@@ -152,8 +153,9 @@ class FalseRefusalAblation(Method):
         means, summary = {}, {"overlap": {}}
         for role, name in pools.items():
             texts = [p.text for p in load_prompts(name)]
-            if role == "harmless" and len(texts) > self.harmless_size:
-                texts = [texts[i] for i in sorted(rng.sample(range(len(texts)), self.harmless_size))]
+            size = self.harmless_size if role == "harmless" else self.pool_size
+            if size is not None and len(texts) > size:
+                texts = [texts[i] for i in sorted(rng.sample(range(len(texts)), size))]
             overlap = check_disjoint(run, texts, name)
             texts = [texts[i] for i in overlap.pop("kept_indices")]
             summary["overlap"][role] = overlap

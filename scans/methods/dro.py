@@ -101,6 +101,7 @@ class DRO(Trained, Method):
     epochs: int = 3
     batch_size: int = 25
     answer_tokens: int = 16
+    queries_per_set: int | None = None  # a seeded subset of each training set (smoke runs); None: all
     seed: int = 42
     soft_prompt: str | None = None  # a trained soft prompt (safetensors) to use instead of training one
     prefix = "dro"
@@ -174,9 +175,13 @@ class DRO(Trained, Method):
         from scans.steering import DecodingConfig, generate
 
         lm = run.lm
-        queries = [(p.text, 0.0) for p in load_prompts(self.harmful_set)] + [
-            (p.text, 1.0) for p in load_prompts(self.harmless_set)
-        ]
+        rng = random.Random(self.seed)
+        queries = []
+        for name, target in ((self.harmful_set, 0.0), (self.harmless_set, 1.0)):
+            texts = [p.text for p in load_prompts(name)]
+            if self.queries_per_set is not None and self.queries_per_set < len(texts):
+                texts = [texts[i] for i in sorted(rng.sample(range(len(texts)), self.queries_per_set))]
+            queries += [(q, target) for q in texts]
         overlap = check_disjoint(run, [q for q, _ in queries], f"{self.harmful_set} + {self.harmless_set}")
         queries = [queries[i] for i in overlap.pop("kept_indices")]
         ids = self.placeholder(run)
@@ -225,7 +230,7 @@ class DRO(Trained, Method):
         soft = torch.nn.Parameter(human.clone())
         optimizer = torch.optim.AdamW([soft], lr=self.learning_rate)
         lm.model.requires_grad_(False)
-        rng = random.Random(self.seed)
+        rng = random.Random(self.seed)  # the batches' order, as before a subset could be drawn
         losses = []
         order = list(range(n))
         bar = tqdm(total=self.epochs * math.ceil(n / self.batch_size), desc="DRO soft prompt", leave=False)

@@ -35,6 +35,9 @@ class Scans(Method):
     positions: str = "from_instruction_end"
     normalize: bool = True
     response: str = "Sure"
+    # +alpha_harmful·v on the rows σ(q) calls harmful instead of +α·v (None: α; the two-magnitude extension)
+    alpha_harmful: float | None = None
+    two_magnitudes: bool = False  # with `tuned`: α, alpha_harmful and the layers of the tune stage's two-magnitude grid
 
     def __post_init__(self):
         object.__setattr__(self, "steer_layers", _layers(self.steer_layers))
@@ -45,10 +48,12 @@ class Scans(Method):
             from scans.stages import tune
 
             c = tune.load(run)
+            steering = c["two_magnitudes"] if self.two_magnitudes else c
             return replace(
                 self,
-                alpha=float(c["alpha"]),
-                steer_layers=tuple(c["steer_layers"]),
+                alpha=float(steering["alpha"]),
+                alpha_harmful=float(steering["alpha_harmful"]) if self.two_magnitudes else None,
+                steer_layers=tuple(steering["steer_layers"]),
                 classify_layers=tuple(c["classify_layers"]),
                 threshold=float(c["threshold"]),
             )
@@ -71,8 +76,12 @@ class Scans(Method):
         return self.steering(_vectors(run, self.normalize))
 
     def coefficients_from(self, layer_sims: torch.Tensor) -> torch.Tensor:
-        """σ(q)·α per query (Eq. 6's coefficient) from per-layer similarities (N, L)."""
-        return self.signs(layer_sims).float() * self.alpha
+        """σ(q)·α per query (Eq. 6's coefficient) from per-layer similarities (N, L); +alpha_harmful where σ(q) = +1
+        when that is set."""
+        signs = self.signs(layer_sims).float()
+        if self.alpha_harmful is None:
+            return signs * self.alpha
+        return torch.where(signs > 0, signs * self.alpha_harmful, signs * self.alpha)
 
     def coefficients(self, run, prompts, name) -> torch.Tensor:
         """σ(q)·α per query of a prompt set."""

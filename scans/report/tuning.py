@@ -50,9 +50,33 @@ def tuning_markdown(choice: dict, name: str) -> str:
             "",
             auroc.to_markdown(index=False, floatfmt=".3f"),
             "",
+            *_two_magnitudes_section(choice),
             *_classifier_section(choice),
         ]
     )
+
+
+def _two_magnitudes_section(choice: dict) -> list[str]:
+    """The `SCANS (tuned, two magnitudes)` row's choice: α for the queries σ(q) calls benign, α_harmful for the others,
+    assembled from the grid's responses above (and Default's for 0)."""
+    if "two_magnitudes" not in choice:
+        return []
+    t = choice["two_magnitudes"]
+    grid = pd.DataFrame(t["grid"]).rename(columns={"alpha": "alpha_benign"})
+    grid["steer_layers"] = grid["steer_layers"].map(lambda ls: f"{ls[0]}-{ls[-1]}")
+    return [
+        "## SCANS (tuned, two magnitudes): a magnitude for each sign of σ(q)",
+        "",
+        "Beyond the paper: -α_benign·v on the queries σ(q) calls benign and +α_harmful·v on the others, 0 included,"
+        " with the 𝓛 and 𝒯 above. No generation of its own: each prompt's response under its own coefficient is read"
+        " from the grid above (Default's for 0).",
+        "",
+        f"- α_benign = {t['alpha']:g}, α_harmful = {t['alpha_harmful']:g}, steering layers "
+        f"{t['steer_layers'][0]}-{t['steer_layers'][-1]}: " + _rule({**choice["validation"], "cap_met": t["cap_met"]}),
+        "",
+        grid.to_markdown(index=False, floatfmt=".3f"),
+        "",
+    ]
 
 
 def _classifier_section(choice: dict) -> list[str]:

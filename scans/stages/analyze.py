@@ -31,11 +31,11 @@ log = logging.getLogger(__name__)
 STAGE = "analyze"
 RESULT = "analysis.json"
 XSTEST = ("xstest_safe", "xstest_unsafe")
-XSTEST_ALL = "xstest_all"  # the cache name of all 450 XSTest prompts (safe, then unsafe)
 
 
 def xstest(r: Run) -> dict:
-    return evaluation_sets(list(XSTEST), None, r.cfg.data.limit_seed, r.anchors)
+    """All of XSTest (250 + 200), or `analysis.xstest_limit` seeded prompts of each set (experiment=smoke)."""
+    return evaluation_sets(list(XSTEST), r.cfg.analysis.get("xstest_limit"), r.cfg.data.limit_seed, r.anchors)
 
 
 def key(r: Run) -> str:
@@ -66,7 +66,8 @@ def figure4(r: Run, method) -> dict:
     prompts = [p for ps in xs.values() for p in ps]
     harmful = [p.label == HARMFUL for p in prompts]
     layers = list(method.classify_layers)
-    sims = classify.similarities(r, XSTEST_ALL, prompts)
+    # Per set, as the full rows of Table 2 (steer.full) read them: each set's states are computed once.
+    sims = torch.cat([classify.similarities(r, n, ps) for n, ps in xs.items()])
     sigma = harm_similarity(sims, layers).numpy()
     keyword = classifiers.keyword_filter([p.text for p in prompts])
     entries = [
@@ -80,7 +81,7 @@ def figure4(r: Run, method) -> dict:
         if c["kind"] not in best_of_kind or c["auroc"] > best_of_kind[c["kind"]]["auroc"]:
             best_of_kind[c["kind"]] = c
     for c in compared:
-        per_layer = classify.scores(r, c["kind"], c["anchors"], XSTEST_ALL, prompts)
+        per_layer = torch.cat([classify.scores(r, c["kind"], c["anchors"], n, ps) for n, ps in xs.items()])
         score = harm_similarity(per_layer, c["layers"]).numpy()
         entries.append(
             _entry(

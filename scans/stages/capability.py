@@ -55,7 +55,10 @@ def _coefficients(r: Run, method: Method, name: str, queries: list[str]):
 
 def mmlu_items(r: Run) -> list[mmlu_lib.Question]:
     c = r.cfg.capability.mmlu
-    return mmlu_lib.questions(load_table("mmlu"), r.lm.tokenizer, c.shots, c.per_subject, c.seed, c.max_length)
+    table = load_table("mmlu")
+    if c.get("subjects"):
+        table = table[table["subject"].isin(mmlu_lib.check_subjects(list(c.subjects)))]
+    return mmlu_lib.questions(table, r.lm.tokenizer, c.shots, c.per_subject, c.seed, c.max_length)
 
 
 def mmlu(r: Run, method: Method) -> dict:

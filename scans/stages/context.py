@@ -200,6 +200,12 @@ class Run:
         return evaluation_sets(list(d.eval_sets), d.limit, d.limit_seed, self.anchors)
 
     @cached_property
+    def full_sets(self) -> dict[str, list[Prompt]]:
+        """Every prompt of `steer.full.sets` (all 250 + 200 of XSTest): some rows of Table 2 on enough prompts to
+        decide (`steer.full_rows`)."""
+        return evaluation_sets(list(self.cfg.steer.full.sets), None, self.cfg.data.limit_seed, self.anchors)
+
+    @cached_property
     def extract_key(self) -> str:
         return stable_hash(
             {"model": self.model_identity, "anchors": self.anchor_inputs, "response": self.cfg.classify.response}

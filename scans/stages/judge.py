@@ -47,6 +47,9 @@ def run(r: Run) -> None:
     for method in methods.rows(r):
         for name, prompts in r.eval_sets.items():
             judge_set(r, method, name, prompts)
+    for method in steer.full_rows(r):
+        for name, prompts in r.full_sets.items():
+            judge_set(r, method, name, prompts)
     if (base := steer.base_run(r)) is not None:
         for name, prompts in base.eval_sets.items():
             judge_set(base, Default(), name, prompts)

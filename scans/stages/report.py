@@ -60,16 +60,19 @@ from scans.stages.context import Run
 log = logging.getLogger(__name__)
 
 
-def counts(r: Run, method: Method, sets) -> dict[str, tuple[int, int]]:
+def counts(r: Run, method: Method, sets, prompts: dict | None = None) -> dict[str, tuple[int, int]]:
+    """(n, refusals) per set name; `prompts` (name -> prompts) the sets' prompts, Table 2's by default."""
+    prompts = r.eval_sets if prompts is None else prompts
     out = {}
     for name in sets:
-        s = judge.load(r, method, name, r.eval_sets[name])
+        s = judge.load(r, method, name, prompts[name])
         out[name] = (s["n"], s["refusals"])
     return out
 
 
-def flags(r: Run, method: Method, sets) -> dict[str, list[bool]]:
-    return {name: judge.flags(r, method, name, r.eval_sets[name]) for name in sets}
+def flags(r: Run, method: Method, sets, prompts: dict | None = None) -> dict[str, list[bool]]:
+    prompts = r.eval_sets if prompts is None else prompts
+    return {name: judge.flags(r, method, name, prompts[name]) for name in sets}
 
 
 def model_folder(r: Run) -> Path:
@@ -79,16 +82,16 @@ def model_folder(r: Run) -> Path:
 def run(r: Run) -> Path:
     out = model_folder(r)
     listed = methods.rows(r)
-    lay = layout_of(list(r.cfg.data.eval_sets))  # Table 2's columns: the run's evaluation sets
-    tallies = [counts(r, m, lay.sets) for m in listed]
-    df = table2([table2_row(r.model_name, m.name, c, lay) for m, c in zip(listed, tallies)], lay)
-    full = with_intervals(df, [intervals(c, lay) for c in tallies], lay)
-    sizes = {name: len(r.eval_sets[name]) for name in lay.sets}
-    md = "# Table 2: refusal rate (%)\n\n" + to_markdown(
-        full, lay, sizes, _differences(r, listed, lay), judge=r.cfg.judge.name, fit_judge=r.cfg.judge.fit
-    )
-    write_table(out, "table2", full, md, tex=df)
+    df = refusal_table(r, out, "table2", "# Table 2: refusal rate (%)", listed, r.eval_sets)
     print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    if full := steer.full_rows(r):
+        title = (
+            "# Table 2 on every prompt of " + ", ".join(r.full_sets) + ": refusal rate (%)\n\n"
+            f"The rows of `steer.full.methods`{' and the best other row' if r.cfg.steer.full.best_other else ''} "
+            "(the other row with the best balanced accuracy on Table 2's own sets: the mean of its harmful sets' "
+            "refusal and its benign sets' answer rates), on all the prompts of these sets."
+        )
+        refusal_table(r, out, "table2_full", title, full, r.full_sets)
     prepared = [(m.name, type(m).__name__, m.prepare(r)) for m in listed]  # cached artifacts (stage=prepare)
     o = r.cfg.overlap
     write_text_atomic(
@@ -107,7 +110,14 @@ def run(r: Run) -> Path:
         table.to_csv(buf, index=False, float_format="%.2f")
         write_text_atomic(out / "organism.csv", buf.getvalue())
         write_text_atomic(
-            out / "organism.md", organism_markdown(table, align.load_summary(r), sizes, r.model_name, r.cfg.judge.name)
+            out / "organism.md",
+            organism_markdown(
+                table,
+                align.load_summary(r),
+                {n: len(ps) for n, ps in r.eval_sets.items()},
+                r.model_name,
+                r.cfg.judge.name,
+            ),
         )
     write_text_atomic(
         out / "disjointness.md",
@@ -121,11 +131,26 @@ def run(r: Run) -> Path:
     return out
 
 
-def _differences(r: Run, listed: list[Method], lay: Layout) -> pd.DataFrame:
+def refusal_table(r: Run, out: Path, stem: str, title: str, listed: list[Method], prompts: dict) -> pd.DataFrame:
+    """Table 2's page `stem` (Markdown, CSV, LaTeX) of these rows on these sets (name -> prompts), with intervals and
+    each row's paired difference from Default; returns the rates without intervals."""
+    lay = layout_of(list(prompts))
+    tallies = [counts(r, m, lay.sets, prompts) for m in listed]
+    df = table2([table2_row(r.model_name, m.name, c, lay) for m, c in zip(listed, tallies)], lay)
+    full = with_intervals(df, [intervals(c, lay) for c in tallies], lay)
+    sizes = {name: len(prompts[name]) for name in lay.sets}
+    md = f"{title}\n\n" + to_markdown(
+        full, lay, sizes, _differences(r, listed, lay, prompts), judge=r.cfg.judge.name, fit_judge=r.cfg.judge.fit
+    )
+    write_table(out, stem, full, md, tex=df)
+    return df
+
+
+def _differences(r: Run, listed: list[Method], lay: Layout, prompts: dict) -> pd.DataFrame:
     """Each row's difference from Default (the unsteered model on the same prompts), with paired intervals."""
-    default = flags(r, Default(), lay.sets)
+    default = flags(r, Default(), lay.sets, prompts)
     return differences_table(
-        [(m.name, differences(flags(r, m, lay.sets), default, lay)) for m in listed if m.name != "Default"]
+        [(m.name, differences(flags(r, m, lay.sets, prompts), default, lay)) for m in listed if m.name != "Default"]
     )
 
 
@@ -294,7 +319,8 @@ def _write_sweep(out: Path, name: str, df: pd.DataFrame, markdown: str, model: s
 
 
 INDEX_ORDER = (
-    ("table1", "Table 1: layer anchoring"), ("table2", "Table 2: refusal rates"), ("table3", "Table 3: capability"),
+    ("table1", "Table 1: layer anchoring"), ("table2", "Table 2: refusal rates"),
+    ("table2_full", "Table 2 on all of XSTest"), ("table3", "Table 3: capability"),
     ("table4", "Table 4: cost"), ("table5", "Table 5: steering layers"), ("table6", "Table 6: multiplier α"),
     ("table7", "Table 7: threshold 𝒯"),
     ("methods", "The methods of Table 2"), ("organism", "The model organism"),

@@ -149,9 +149,40 @@ def base_run(r: Run) -> Run | None:
     return Run(cfg)
 
 
+def full_rows(r: Run) -> list[Method]:
+    """The rows also run on every prompt of `steer.full.sets`: those of `steer.full.methods` that this run has and,
+    with `best_other`, the other row (not Default) with the best balanced accuracy on Table 2's own sets: the mean of
+    its refusal rates on the harmful sets and of its answer rates on the benign ones, judged by `judge.name`. None
+    when `method=<name>` runs one row alone."""
+    f = r.cfg.steer.full
+    if not f.sets or r.cfg.get("method") is not None:
+        return []
+    listed = methods_lib.names(r)
+    chosen = [methods_lib.load(r, n) for n in listed if n in f.methods]
+    others = [methods_lib.load(r, n) for n in listed if n not in f.methods]
+    others = [m for m in others if not isinstance(m, Default)]
+    if f.best_other and others:
+        chosen.append(max(others, key=lambda m: balanced_accuracy(r, m)))
+    return chosen
+
+
+def balanced_accuracy(r: Run, method: Method) -> float:
+    from scans.data import HARMFUL
+    from scans.stages import judge
+
+    right: dict[bool, list[float]] = {True: [], False: []}
+    for name, prompts in r.eval_sets.items():
+        rate = judge.judge_set(r, method, name, prompts)["refusal_rate"]
+        harmful = prompts[0].label == HARMFUL
+        right[harmful].append(rate if harmful else 1.0 - rate)
+    return 0.5 * sum(sum(v) / len(v) for v in right.values() if v) if all(right.values()) else 0.0
+
+
 def run(r: Run) -> None:
     for method in methods_lib.rows(r):
         respond_sets(r, method, r.eval_sets)
+    for method in full_rows(r):
+        respond_sets(r, method, r.full_sets)
     if (base := base_run(r)) is not None:
         respond_sets(base, Default(), base.eval_sets)
 

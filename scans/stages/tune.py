@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from scans import methods
 from scans.artifacts import read_json, stable_hash, write_json
-from scans.config import parse_layers
+from scans.config import number, parse_layers
 from scans.data import BENIGN, HARMFUL, evaluation_sets
 from scans.errors import ConfigError
 from scans.judge import judge_flags
@@ -31,6 +31,7 @@ from scans.steering.tuning import best_threshold, best_window, layer_auroc, sele
 log = logging.getLogger(__name__)
 STAGE = "tune"
 CHOICE = "tuned.json"
+VERSION = 2  # 2: with the two-magnitude grid
 METHOD = "SCANS (tuned)"
 CLASSIFIER_KEYS = ("compare", "use", "anchor_sets", "anchor_size", "anchor_seed", "probe", "gradsafe")
 
@@ -53,6 +54,7 @@ def key(r: Run) -> str:
     return stable_hash(
         {
             "tune": t,
+            "version": VERSION,
             "sets": sets,
             "classifiers": classifiers,
             "overlap": r.overlap_inputs,
@@ -86,17 +88,49 @@ def validation_behaviour(r: Run, method, coefficients=None) -> dict:
 def validation_behaviours(r: Run, settings: list[tuple]) -> list[dict]:
     """`validation_behaviour` of several (method, coefficients) settings, generated together where their
     interventions allow (a grid over α: `steer.respond_jobs`)."""
+    return [behaviour(flags) for flags in validation_flags(r, settings)]
+
+
+def validation_flags(r: Run, settings: list[tuple]) -> list[dict[str, np.ndarray]]:
+    """Per setting, the judge's refusal flag of each prompt of the validation generation subset, per label."""
     items = [p for prompts in validation(r).values() for p in prompts]
     subsets = {f"validation-{lab}": [items[i] for i in idx] for lab, idx in generation_subset(r, items).items()}
     jobs = [(m, subsets, None if c is None else {f"validation-{lab}": v for lab, v in c.items()}) for m, c in settings]
     out = []
     for responses in steer.respond_jobs(r, jobs, r.cfg.tune.max_new_tokens):
-        rates = {}
+        flags = {}
         for name, rows in responses.items():
             texts, asked = [row["response"] for row in rows], [row["prompt"] for row in rows]
-            rates[name.removeprefix("validation-")] = float(np.mean(judge_flags(r.cfg.judge.fit, texts, asked)))
-        rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
-        out.append(rates)
+            flags[name.removeprefix("validation-")] = np.asarray(judge_flags(r.cfg.judge.fit, texts, asked), bool)
+        out.append(flags)
+    return out
+
+
+def behaviour(flags: dict[str, np.ndarray]) -> dict:
+    """Refusal rates per label, and their balanced accuracy (harmful refusal and benign compliance)."""
+    rates = {lab: float(np.mean(f)) for lab, f in flags.items()}
+    rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
+    return rates
+
+
+def two_magnitude_grid(grid: list[dict], flags: list[dict], default: dict, signs: dict[str, torch.Tensor]) -> list:
+    """The SCANS (tuned, two magnitudes) grid: a magnitude for the rows σ(q) calls benign (-α_benign·v) and another,
+    0 included, for those it calls harmful (+α_harmful·v), on each steering-layer range of the symmetric grid.
+
+    No generation of its own: a prompt's response depends on its own coefficient only, so the validation flags of
+    the symmetric grid (row i steered by σ_i·α) and of Default (α = 0) give every combination, prompt by prompt."""
+    by_setting = {(tuple(g["steer_layers"]), g["alpha"]): f for g, f in zip(grid, flags)}
+    out = []
+    for layers in dict.fromkeys(tuple(g["steer_layers"]) for g in grid):
+        alphas = [0.0, *sorted(a for ls, a in by_setting if ls == layers)]
+        for benign in alphas:
+            for harmful in alphas:
+                pick = {a: by_setting[layers, a] if a else default for a in (benign, harmful)}
+                combined = {
+                    lab: np.where(signs[lab].numpy() > 0, pick[harmful][lab], pick[benign][lab]) for lab in signs
+                }
+                out.append({"alpha": benign, "alpha_harmful": harmful, "steer_layers": list(layers),
+                            **behaviour(combined)})  # fmt: skip
     return out
 
 
@@ -138,6 +172,9 @@ def run(r: Run) -> dict | None:
     if r.store.is_complete(r.model_name, STAGE, k):
         return read_json(r.store.path(r.model_name, STAGE, k) / CHOICE)
     t = r.cfg.tune
+    for a in t.alphas:  # checked before any model work (a model's own grid is model.grids, configs/tune)
+        number(a, "tune.alphas[]", 0.0)
+    layer_grid = [tuple(parse_layers(spec, r.num_layers, "tune.steer_layers[]")) for spec in t.steer_layers]
     sets = validation(r)
     layer_sims = torch.cat([classify.similarities(r, name, prompts) for name, prompts in sets.items()])
     items = [p for prompts in sets.values() for p in prompts]
@@ -153,26 +190,29 @@ def run(r: Run) -> dict | None:
 
     def coefficients(method, sims: torch.Tensor) -> dict:
         # The subset's similarities are rows of the validation sets' cached ones: no second forward pass.
-        return {lab: method.signs(sims[idx]).float() * method.alpha for lab, idx in subset.items()}
+        return {lab: method.coefficients_from(sims[idx]) for lab, idx in subset.items()}
 
-    default = validation_behaviour(r, Default())
+    default_flags = validation_flags(r, [(Default(), None)])[0]
+    default = behaviour(default_flags)
     grid_methods = [
         Scans(
-            METHOD, float(alpha), layers, tuple(cls_layers), threshold, True,
-            r.cfg.steer.positions, bool(r.cfg.steer.normalize), r.cfg.classify.response,
+            METHOD, float(alpha), layers, tuple(cls_layers), threshold, tuned=True, positions=r.cfg.steer.positions,
+            normalize=bool(r.cfg.steer.normalize), response=r.cfg.classify.response,
         )
-        for layers in (tuple(parse_layers(spec, r.num_layers, "tune.steer_layers")) for spec in t.steer_layers)
+        for layers in layer_grid
         for alpha in t.alphas
     ]  # fmt: skip
+    grid_flags = validation_flags(r, [(m, coefficients(m, layer_sims)) for m in grid_methods])
     grid = [
-        {"alpha": m.alpha, "steer_layers": list(m.steer_layers), **rates}
-        for m, rates in zip(
-            grid_methods, validation_behaviours(r, [(m, coefficients(m, layer_sims)) for m in grid_methods])
-        )
+        {"alpha": m.alpha, "steer_layers": list(m.steer_layers), **behaviour(f)}
+        for m, f in zip(grid_methods, grid_flags)
     ]
     for row in grid:
         log.info("tune: %s", row)
     best, cap_met = select_setting(grid, default[HARMFUL], t.max_harmful_drop)
+    signs = {lab: grid_methods[0].signs(layer_sims[idx]) for lab, idx in subset.items()}
+    two = two_magnitude_grid(grid, grid_flags, default_flags, signs)
+    two_best, two_cap_met = select_setting(two, default[HARMFUL], t.max_harmful_drop)
 
     # The same grid for the steering with the signs of the chosen classifier (the "SCANS + classifier" row).
     compared = compare(r, sets)
@@ -182,16 +222,14 @@ def run(r: Run) -> dict | None:
     )
     cls_methods = [
         ScansClassifier(
-            "SCANS + classifier", float(alpha), layers, tuple(chosen["layers"]), chosen["threshold"], True,
-            r.cfg.steer.positions, bool(r.cfg.steer.normalize), r.cfg.classify.response, r.cfg.classify.use,
-            chosen["kind"], chosen["anchors"],
+            "SCANS + classifier", float(alpha), layers, tuple(chosen["layers"]), chosen["threshold"], tuned=True,
+            positions=r.cfg.steer.positions, normalize=bool(r.cfg.steer.normalize), response=r.cfg.classify.response,
+            classifier=r.cfg.classify.use, kind=chosen["kind"], anchors=chosen["anchors"],
         )
-        for layers in (tuple(parse_layers(spec, r.num_layers, "tune.steer_layers")) for spec in t.steer_layers)
+        for layers in layer_grid
         for alpha in t.alphas
     ]  # fmt: skip
-    cls_settings = [
-        (m, {lab: m.signs(scores[idx]).float() * m.alpha for lab, idx in subset.items()}) for m in cls_methods
-    ]
+    cls_settings = [(m, {lab: m.coefficients_from(scores[idx]) for lab, idx in subset.items()}) for m in cls_methods]
     cls_grid = [
         {"alpha": m.alpha, "steer_layers": list(m.steer_layers), **rates}
         for m, rates in zip(cls_methods, validation_behaviours(r, cls_settings))
@@ -216,6 +254,11 @@ def run(r: Run) -> dict | None:
             "cap_met": cap_met,
             "grid": grid,
         },
+        "two_magnitudes": {
+            **{k: two_best[k] for k in ("alpha", "alpha_harmful", "steer_layers")},
+            "cap_met": two_cap_met,
+            "grid": two,
+        },
         "classifiers": compared,
         "classifier": {
             **{k: chosen[k] for k in ("kind", "anchors", "layers", "threshold", "auroc", "balanced_accuracy")},
@@ -229,6 +272,7 @@ def run(r: Run) -> dict | None:
     with r.store.writing(r.model_name, STAGE, k, {"key": k}) as tmp:
         write_json(tmp / CHOICE, choice)
     log.info("tune: chose α=%s, steering %s, 𝓛 %s, 𝒯 %.3f", best["alpha"], best["steer_layers"], cls_layers, threshold)
+    log.info("tune: two magnitudes: α %s (benign), %s (harmful)", two_best["alpha"], two_best["alpha_harmful"])
     return choice
 
 

@@ -54,12 +54,18 @@ def select_setting(grid: Sequence[dict], default_harmful: float, max_harmful_dro
 
     With `max_harmful_drop` None: the best balanced accuracy. Otherwise the lowest benign refusal among the settings
     whose harmful refusal stays within `max_harmful_drop` of the unsteered model's; if none does, the best balanced
-    accuracy, and the second value says that the cap could not be met. Ties go to the smaller α.
+    accuracy, and the second value says that the cap could not be met. Ties go to the smaller α (sum of both
+    magnitudes for two).
     """
-    by_bacc = max(grid, key=lambda g: (round(g["balanced_accuracy"], 9), -g["alpha"]))
+    by_bacc = max(grid, key=lambda g: (round(g["balanced_accuracy"], 9), -_size(g)))
     if max_harmful_drop is None:
         return by_bacc, True
     allowed = [g for g in grid if g["harmful"] >= default_harmful - max_harmful_drop - 1e-9]
     if not allowed:
         return by_bacc, False
-    return min(allowed, key=lambda g: (round(g["benign"], 9), g["alpha"])), True
+    return min(allowed, key=lambda g: (round(g["benign"], 9), _size(g))), True
+
+
+def _size(setting: dict) -> float:
+    """How much a setting steers: α, or α_benign + α_harmful for two magnitudes."""
+    return setting["alpha"] + setting.get("alpha_harmful", 0.0)
