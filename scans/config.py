@@ -233,8 +233,12 @@ def validate_methods(cfg: DictConfig) -> None:
 
     if not cfg.get("methods"):
         raise ConfigError("methods is empty; list rows of configs/method/ (e.g. methods=[default,scans_paper])")
+    n = cfg.model.get("num_layers")
     for name in cfg.methods:
-        methods.build(methods.node(cfg, name), name)
+        node = methods.node(cfg, name)
+        methods.build(node, name)
+        if node.get("candidate_layers") and n is not None:  # the ablation's layers, before any model work
+            parse_layers(list(node["candidate_layers"]), n, f"{name}.candidate_layers")
     unknown = [n for n in cfg.steer.full.methods if n not in methods.known()]
     if unknown:
         raise ConfigError(f"steer.full.methods: {', '.join(unknown)} is not a YAML of configs/method/")

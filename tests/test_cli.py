@@ -133,3 +133,8 @@ def test_empty_evaluation_set_is_rejected(tmp_path, data_dir, monkeypatch, capsy
 def test_other_bad_values_are_rejected(tmp_path, override, monkeypatch, capsys):
     proc = run_in_process(monkeypatch, capsys, override, tmp_path=tmp_path)
     assert_one_line_error(proc, override.split("=")[0])
+
+
+def test_a_candidate_layer_past_the_model_is_rejected_at_config_time(tmp_path, monkeypatch, capsys):
+    proc = run_in_process(monkeypatch, capsys, "+model.grids.ablation_layers=[4,40]", tmp_path=tmp_path)
+    assert_one_line_error(proc, "fr_ablation.candidate_layers", "layer 40 is out of range")

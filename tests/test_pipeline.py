@@ -305,6 +305,7 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
         "tune.validation_limit=12",  # 48 validation prompts: every classifier is scored on them, GradSafe by backprop
         "methods=[default,scans_paper,scans_tuned,scans_two,scans_classifier]",
         "steer.full.sets=[xstest_safe,xstest_unsafe]",  # some rows on all 450 XSTest prompts (table2_full)
+        "analysis.signs.block=1",  # the sign probe, layer by layer
     )
     r = Run(tuned_cfg)
     validation_texts = {p.text for prompts in tune.validation(r).values() for p in prompts}
@@ -385,7 +386,19 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
     assert compared == {(k, a) for k, sets in cfg.classify.compare.items() for a in sets}
     assert c["auroc"] == max(x["auroc"] for x in choice["classifiers"])  # `best`, on the validation split
     text = (out / "tuning.md").read_text()
-    assert "Per-layer AUROC" in text and "SCANS + classifier" in text
+    assert "Per-layer AUROC" in text and "SCANS + classifier" in text and "two magnitudes" in text
+    # The sign probe: unsteered, then ±v on each layer and under each positions policy, on validation prompts only.
+    probe = analyze.run(r)["signs"]
+    assert [(x["probe"], x["layers"], x["sign"]) for x in probe["rows"][:5]] == [
+        (None, None, 0),
+        ("block", [0], 1),
+        ("block", [0], -1),
+        ("block", [1], 1),
+        ("block", [1], -1),
+    ]
+    assert [x["positions"] for x in probe["rows"][5:]] == [p for p in cfg.analysis.signs.positions for _ in (1, -1)]
+    assert probe["n"] == {"harmful": 2, "benign": 2} and all(0 <= x["harmful"] <= 1 for x in probe["rows"])
+    assert "Layer by layer" in (out / "signs.md").read_text()
 
 
 # Tables 5-7: the `sweep` stage.

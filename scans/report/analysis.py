@@ -159,3 +159,52 @@ def table7_shares(df: pd.DataFrame, thresholds) -> pd.DataFrame:
     """The classification side (`table7_grid`) at the given thresholds: % of each set that σ(q) classifies harmful."""
     keep = df["threshold"].map(lambda t: any(abs(t - x) < 1e-9 for x in thresholds))
     return df[keep].sort_values("threshold", ascending=False)
+
+
+def signs_markdown(result: Mapping, table1: pd.DataFrame, model: str) -> str:
+    """The sign probe (`analyze.sign_effects`): refusal under +α·v and -α·v per layer block and per positions policy,
+    beside each block's refusal score and Table 1's tokens."""
+    rows = pd.DataFrame(result["rows"])
+    default = rows[rows["sign"] == 0].iloc[0]
+    rows = rows[rows["sign"] != 0].copy()
+    rows["layers"] = rows["layers"].map(span)
+    for lab in ("harmful", "benign"):
+        rows[f"{lab} Δ"] = 100 * (rows[lab] - default[lab])
+        rows[lab] = 100 * rows[lab]
+    rows["harmful_structured"] = 100 * rows["harmful_structured"]
+    rows["sign"] = rows["sign"].map({1: "+v", -1: "-v"})
+    cols = ["sign", "harmful", "harmful Δ", "benign", "benign Δ", "harmful_structured"]
+    blocks, positions = rows[rows["probe"] == "block"], rows[rows["probe"] == "positions"]
+    head, n = span(result["steer_layers"]), result["n"]
+    lines = [
+        f"# Which way v pushes refusal (`{model}`)",
+        "",
+        f"Every row of a validation subset ({n['harmful']} harmful, {n['benign']} benign prompts, never a reported "
+        f"one) steered by +α·v or by -α·v, α = {result['alpha']:g} on unit refusal vectors, judged by `judge.fit`. "
+        "SCANS adds +α·v where σ(q) says harmful and -α·v elsewhere: its recipe assumes that +v raises refusal and -v "
+        f"lowers it. Unsteered: harmful {100 * default['harmful']:.1f}%, benign {100 * default['benign']:.1f}%; "
+        f"harmful prompts answered in a task's form {100 * default['harmful_structured']:.1f}%.",
+        "",
+        "Rates in %; Δ in points against unsteered; `harmful_structured`: the harmful prompts whose answer is laid out"
+        " as a task (headings, lists, steps; scans/analysis/signs.py); `refusal_score`: the block's mean per-layer "
+        "refusal score of Table 1's anchoring (> 0: the vectors promote refusal tokens through the unembedding).",
+        "",
+        f"## Layer by layer (blocks, positions `{blocks['positions'].iloc[0]}`)",
+        "",
+        blocks[["layers", *cols, "refusal_score"]].to_markdown(index=False, floatfmt=".1f"),
+        "",
+        f"## The positions policy, on the headline's ({result['method']}) steering layers {head}",
+        "",
+        positions[["positions", *cols]].to_markdown(index=False, floatfmt=".1f"),
+        "",
+        "## Table 1's tokens per segment",
+        "",
+        table1.to_markdown(index=False, floatfmt=".2f"),
+        "",
+        f"## Harmful validation prompts' answers, unsteered and under ±α·v on {head}",
+        "",
+    ]
+    for e in result["examples"]:
+        title = "unsteered" if e["sign"] == 0 else f"{'+' if e['sign'] > 0 else '-'}α·v"
+        lines += [f"**{title}**", "", *(f"- {text.strip()[:200]!r}" for text in e["responses"]), ""]
+    return "\n".join(lines)

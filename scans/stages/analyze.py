@@ -19,10 +19,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from scans import methods
-from scans.analysis import classifiers
+from scans.analysis import classifiers, signs
 from scans.artifacts import read_json, stable_hash, write_json
-from scans.data import HARMFUL, evaluation_sets
-from scans.stages import classify, sweep, tune
+from scans.data import BENIGN, HARMFUL, evaluation_sets
+from scans.methods import Default
+from scans.methods.scans import Scans
+from scans.stages import anchor, classify, sweep, tune
 from scans.stages.context import Run, prompts_hash
 from scans.steering import harm_similarity
 from scans.steering.tuning import layer_auroc
@@ -131,6 +133,44 @@ def figures(r: Run) -> dict:
     return result
 
 
+def sign_effects(r: Run) -> dict:
+    """Which way v pushes refusal on this model, on the validation generation subset (`tune.generation_subset`, never
+    a reported prompt): every row steered by +α·v, then every row by -α·v, on each block of `analysis.signs.block`
+    layers, and on the headline's steering layers under each policy of `analysis.signs.positions`; each setting's
+    refusal per label (judge.fit), and the share of harmful prompts answered in a task's form (`signs.structured`).
+    α is `analysis.signs.alpha`, or the headline's. The responses are cached like every generation; the rates are
+    recomputed from them on every call."""
+    s = r.cfg.analysis.signs
+    if not s.block:
+        return {}
+    head = methods.headline(r)
+    alpha = float(head.alpha if s.alpha is None else s.alpha)
+    items = [p for prompts in tune.validation(r).values() for p in prompts]
+    sizes = {lab: len(idx) for lab, idx in tune.generation_subset(r, items).items()}
+    probes = [("block", layers, head.positions) for layers in signs.blocks(r.num_layers, int(s.block))]
+    probes += [("positions", tuple(head.steer_layers), positions) for positions in s.positions]
+    settings, meta = [(Default(), None)], [{"probe": None, "layers": None, "positions": None, "sign": 0}]
+    for kind, layers, positions in probes:
+        for sign in (1, -1):
+            probe = Scans("sign probe", alpha, layers, head.classify_layers, head.threshold, positions=positions,
+                          normalize=head.normalize, response=head.response)  # fmt: skip
+            settings.append((probe, {lab: torch.full((n,), sign * alpha) for lab, n in sizes.items()}))
+            meta.append({"probe": kind, "layers": list(layers), "positions": positions, "sign": sign})
+    refusal_score = anchor.run(r)["layer_refusal_score"]
+    rows, examples = [], []
+    for m, responses in zip(meta, tune.validation_responses(r, settings)):
+        rates = tune.behaviour(tune.refusal_flags(r, responses))
+        row = {**m, "harmful": rates[HARMFUL], "benign": rates[BENIGN]}
+        row["harmful_structured"] = float(np.mean([signs.structured(x["response"]) for x in responses[HARMFUL]]))
+        if m["layers"] is not None:
+            row["refusal_score"] = float(np.mean([refusal_score[i] for i in m["layers"]]))
+        rows.append(row)
+        if m["probe"] is None or (m["probe"] == "positions" and m["positions"] == head.positions):
+            examples.append({**m, "responses": [x["response"] for x in responses[HARMFUL][: int(s.examples)]]})
+    return {"alpha": alpha, "steer_layers": list(head.steer_layers), "method": head.name, "n": sizes,
+            "rows": rows, "examples": examples}  # fmt: skip
+
+
 def run(r: Run) -> dict:
     result = {
         **figures(r),
@@ -144,4 +184,5 @@ def run(r: Run) -> dict:
     }
     if r.cfg.steer.tuned:
         result["tuned_threshold"] = tune.load(r)["threshold"]
+    result["signs"] = sign_effects(r)
     return result

@@ -171,6 +171,8 @@ def analysis_outputs(r: Run, out: Path) -> None:
     write_table(out, "table1", t1, analysis_report.table1_markdown(t1, anchoring, r.model_name))
     analysis_report.refusal_score_figure(anchoring, out / "refusal_score.png", r.model_name)
     result = analyze.run(r)
+    if result.get("signs"):
+        write_text_atomic(out / "signs.md", analysis_report.signs_markdown(result["signs"], t1, r.model_name))
     analysis_report.figure4(result, out / "figure4.png", r.model_name)
     analysis_report.figure5(result, out / "figure5.png", r.model_name)
     table = classifiers_table(result)
@@ -324,7 +326,8 @@ INDEX_ORDER = (
     ("table4", "Table 4: cost"), ("table5", "Table 5: steering layers"), ("table6", "Table 6: multiplier α"),
     ("table7", "Table 7: threshold 𝒯"),
     ("methods", "The methods of Table 2"), ("organism", "The model organism"),
-    ("tuning", "The tuned rows' validation record"), ("classifiers", "Harm classifiers (Figures 4-5)"),
+    ("tuning", "The tuned rows' validation record"), ("signs", "Which way v pushes refusal"),
+    ("classifiers", "Harm classifiers (Figures 4-5)"),
     ("disjointness", "Disjointness"),
 )  # fmt: skip
 FIGURES = (("figure4.png", "Figure 4"), ("figure5.png", "Figure 5"), ("refusal_score.png", "Refusal score per layer"))

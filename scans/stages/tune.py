@@ -91,19 +91,30 @@ def validation_behaviours(r: Run, settings: list[tuple]) -> list[dict]:
     return [behaviour(flags) for flags in validation_flags(r, settings)]
 
 
-def validation_flags(r: Run, settings: list[tuple]) -> list[dict[str, np.ndarray]]:
-    """Per setting, the judge's refusal flag of each prompt of the validation generation subset, per label."""
+def validation_responses(r: Run, settings: list[tuple]) -> list[dict[str, list[dict]]]:
+    """Per setting (method, coefficients per label or None), its responses on the validation generation subset, per
+    label (`steer.respond_jobs` rows)."""
     items = [p for prompts in validation(r).values() for p in prompts]
     subsets = {f"validation-{lab}": [items[i] for i in idx] for lab, idx in generation_subset(r, items).items()}
     jobs = [(m, subsets, None if c is None else {f"validation-{lab}": v for lab, v in c.items()}) for m, c in settings]
-    out = []
-    for responses in steer.respond_jobs(r, jobs, r.cfg.tune.max_new_tokens):
-        flags = {}
-        for name, rows in responses.items():
-            texts, asked = [row["response"] for row in rows], [row["prompt"] for row in rows]
-            flags[name.removeprefix("validation-")] = np.asarray(judge_flags(r.cfg.judge.fit, texts, asked), bool)
-        out.append(flags)
-    return out
+    return [
+        {name.removeprefix("validation-"): rows for name, rows in responses.items()}
+        for responses in steer.respond_jobs(r, jobs, r.cfg.tune.max_new_tokens)
+    ]
+
+
+def validation_flags(r: Run, settings: list[tuple]) -> list[dict[str, np.ndarray]]:
+    """Per setting, the judge's refusal flag of each prompt of the validation generation subset, per label."""
+    return [refusal_flags(r, responses) for responses in validation_responses(r, settings)]
+
+
+def refusal_flags(r: Run, responses: dict[str, list[dict]]) -> dict[str, np.ndarray]:
+    """The `judge.fit` judge's flags of responses per label (with their prompts: a learned judge never judges an
+    answer to a prompt it was trained on)."""
+    return {
+        lab: np.asarray(judge_flags(r.cfg.judge.fit, [x["response"] for x in rows], [x["prompt"] for x in rows]), bool)
+        for lab, rows in responses.items()
+    }
 
 
 def behaviour(flags: dict[str, np.ndarray]) -> dict:
