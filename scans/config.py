@@ -237,7 +237,8 @@ def validate_methods(cfg: DictConfig) -> None:
     for name in cfg.methods:
         node = methods.node(cfg, name)
         methods.build(node, name)
-        if node.get("candidate_layers") and n is not None:  # the ablation's layers, before any model work
+        # The ablation's layers, before any model work, where a stage trains or runs the rows.
+        if node.get("candidate_layers") and n is not None and cfg.stage in ("all", "prepare", "steer"):
             parse_layers(list(node["candidate_layers"]), n, f"{name}.candidate_layers")
     unknown = [n for n in cfg.steer.full.methods if n not in methods.known()]
     if unknown:
