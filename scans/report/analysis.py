@@ -189,6 +189,10 @@ def signs_markdown(result: Mapping, table1: pd.DataFrame, model: str) -> str:
         " as a task (headings, lists, steps; scans/analysis/signs.py); `refusal_score`: the block's mean per-layer "
         "refusal score of Table 1's anchoring (> 0: the vectors promote refusal tokens through the unembedding).",
         "",
+        "## Summary (computed from the tables below)",
+        "",
+        *_sign_summary(blocks),
+        "",
         f"## Layer by layer (blocks, positions `{blocks['positions'].iloc[0]}`)",
         "",
         blocks[["layers", *cols, "refusal_score"]].to_markdown(index=False, floatfmt=".1f"),
@@ -208,3 +212,28 @@ def signs_markdown(result: Mapping, table1: pd.DataFrame, model: str) -> str:
         title = "unsteered" if e["sign"] == 0 else f"{'+' if e['sign'] > 0 else '-'}α·v"
         lines += [f"**{title}**", "", *(f"- {text.strip()[:200]!r}" for text in e["responses"]), ""]
     return "\n".join(lines)
+
+
+def _sign_summary(blocks: pd.DataFrame) -> list[str]:
+    """Which blocks move harmful refusal and the task form of the answers which way, and which promote refusal
+    tokens: the sign probe's findings in words, from its rows."""
+
+    def where(sign: str, column: str, up: bool) -> str:
+        rows = blocks[blocks["sign"] == sign]
+        rows = rows[rows[column] > 0] if up else rows[rows[column] < 0]
+        return ", ".join(f"{r.layers} ({r[column]:+.1f})" for _, r in rows.iterrows()) or "none"
+
+    plus = blocks[blocks["sign"] == "+v"].set_index("layers")
+    minus = blocks[blocks["sign"] == "-v"].set_index("layers")
+    form = (plus["harmful_structured"] - minus["harmful_structured"]).round(1)
+    promoting = [b for b, x in plus["refusal_score"].items() if x > 0]
+    return [
+        f"- +v raises harmful refusal on {where('+v', 'harmful Δ', True)}; lowers it on "
+        f"{where('+v', 'harmful Δ', False)} (points).",
+        f"- -v lowers harmful refusal on {where('-v', 'harmful Δ', False)}; raises it on "
+        f"{where('-v', 'harmful Δ', True)}.",
+        "- Task-form answers to harmful prompts, +v minus -v (points): "
+        + ", ".join(f"{b} {x:+.1f}" for b, x in form.items())
+        + ".",
+        f"- Blocks whose vectors promote refusal tokens (refusal score > 0): {', '.join(promoting) or 'none'}.",
+    ]
