@@ -180,3 +180,17 @@ def test_the_head_sees_a_contiguous_input_only_while_generating(tiny_lm):
     finally:
         probe.remove()
     assert seen == [True, False] and not head._forward_pre_hooks
+
+
+def test_every_intervention_whose_rows_may_leave_can_be_told_which_remain(tiny_lm):
+    """An intervention the engine may compact (drop finished rows from) yields from `active` either nothing or a
+    state with `select(keep)`, which the engine calls at every compaction (DRO's soft prompt once yielded its hook,
+    and Qwen's DRO row stopped at the first batch in which a row finished early)."""
+    rows = [Row(3, 6, 1, 1.0), Row(3, 6, 1, -1.0)]
+    compactable = [k for k, (iv, _) in _interventions(tiny_lm).items() if iv.compactable()]
+    assert {"steering", "soft_prompt", "ablation"} <= set(compactable)
+    for kind in compactable:
+        iv, _ = _interventions(tiny_lm)[kind]
+        with iv.active(tiny_lm.model, rows) as state:
+            if state is not None:
+                state.select(torch.tensor([1]))

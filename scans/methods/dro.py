@@ -81,7 +81,9 @@ class soft_prompt_hook:  # noqa: N801 - used as a context manager
             return out
 
         self.handle = emb.register_forward_hook(hook)
-        return self
+        # Nothing for the engine to tell when it drops finished rows (`select`): the span is replaced on the prompt's
+        # pass only, before any row finishes.
+        return None
 
     def __exit__(self, *exc):
         self.handle.remove()
