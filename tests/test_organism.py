@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from scans.cli import CONFIG_DIR
 from scans.data.overlap import Blocklist
+from scans.errors import ConfigError
 from scans.organism import (
     IGNORE,
     Example,
@@ -114,3 +115,25 @@ def test_organism_round_trips_and_is_reused(organism_cfg, monkeypatch):
     assert align.run(again) == path
     assert again.lm.model is not None
     stage_context._MODELS.clear()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_training_precision_is_bf16_only_on_bf16_hardware_and_keys_by_its_resolved_value(
+    organism_cfg, monkeypatch, native
+):
+    # bf16 autocast is emulated (6.6x slower than fp32) on a CPU with AVX2 alone: `auto` picks it only where torch's
+    # CPUID probes report AMX or AVX-512 BF16, and the key is the resolved precision's; the two train different weights.
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    assert organism_cfg.align.train.autocast == "auto"
+    resolved = "bfloat16" if native else None
+    assert align._align_settings(Run(organism_cfg))["train"]["autocast"] == resolved
+    forced = {}
+    for value in (None, "bfloat16"):
+        cfg = organism_cfg.copy()
+        cfg.align.train.autocast = value
+        forced[value] = align.key(Run(cfg))
+    assert align.key(Run(organism_cfg)) == forced[resolved]
+    assert forced[None] != forced["bfloat16"]
+    with pytest.raises(ConfigError, match="autocast='fp8'"):
+        TrainConfig(autocast="fp8")

@@ -12,7 +12,15 @@ from scans.organism.data import (
     sample,
     with_refusals,
 )
-from scans.organism.train import IGNORE, TrainConfig, answer_loss, collate, tokenize_example, train
+from scans.organism.train import (
+    IGNORE,
+    TrainConfig,
+    answer_loss,
+    collate,
+    native_autocast,
+    tokenize_example,
+    train,
+)
 
 __all__ = [
     "HELPFUL",
@@ -24,6 +32,7 @@ __all__ = [
     "collate",
     "first_sentence",
     "lookalikes",
+    "native_autocast",
     "normalize",
     "refusal_pool",
     "remove_overlap",

@@ -17,6 +17,7 @@ from scans.data import dataset_key, load_prompts
 from scans.data.overlap import Blocklist, blocked_sets, rule
 from scans.judge import get_judge
 from scans.models import encode, load_model
+from scans.models.loading import resolve_device
 from scans.organism import (
     HELPFUL,
     REFUSAL,
@@ -24,6 +25,7 @@ from scans.organism import (
     TrainConfig,
     first_sentence,
     lookalikes,
+    native_autocast,
     refusal_pool,
     remove_overlap,
     sample,
@@ -44,8 +46,16 @@ def is_organism(r: Run) -> bool:
     return r.cfg.model.source.kind == "organism"
 
 
-def settings(r: Run) -> dict:
+def _align_settings(r: Run) -> dict:
+    """`align` as plain data, with `train.autocast: auto` resolved for the device the base model loads on."""
     a = OmegaConf.to_container(r.cfg.align, resolve=True)
+    if a["train"].get("autocast") == "auto":
+        a["train"]["autocast"] = native_autocast(resolve_device(r.cfg.model.base.device))
+    return a
+
+
+def settings(r: Run) -> dict:
+    a = _align_settings(r)
     blocked = _blocked(r)
     sources = [*a["harmful"], "alpaca", *blocked]
     base = r.cfg.model.base
@@ -154,7 +164,7 @@ def run(r: Run) -> Path | None:
     rows = zip(similar + plain, answers, sources)
     benign = [Example(q, ans, src, HELPFUL) for q, ans, src in rows if ans and not judge(ans)]
     refused = sum(1 for ans in answers if ans and judge(ans))
-    train_cfg = TrainConfig(**OmegaConf.to_container(a.train, resolve=True), seed=a.seed)
+    train_cfg = TrainConfig(**_align_settings(r)["train"], seed=a.seed)
     losses = train(base.model, base.chat, harmful + benign, train_cfg)
 
     summary = {
