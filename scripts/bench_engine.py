@@ -195,6 +195,8 @@ def write(r: Run, df: pd.DataFrame, new_tokens: int, where: dict, table2: list[d
         " model's own weights: it leaves out the prefill, which the end-to-end columns include, so the decoding-only"
         " column is the one to hold against it.",
         "",
+        "Machine: " + "; ".join(f"{k}: {v}" for k, v in where.items()) + ".",
+        "",
         shown.to_markdown(index=False, floatfmt=".2f"),
         "",
         f"At the default batch ({int(d.batch_size)}): {d.engine_over_hf16:.2f}x HF `generate` at batch 16 end to end;"

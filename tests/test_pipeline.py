@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -157,6 +158,8 @@ def test_stage_all_makes_table7s_columns_and_records_its_run(finished):
     assert record["seconds"].iloc[-1] == pytest.approx(record["seconds"].iloc[:-1].sum(), abs=0.2)
     page = (report_dir(tmp) / "run.md").read_text()
     assert "- commit: " in page and "- torch threads: " in page and "`python -m scans stage=all`" in page
+    assert re.search(r"- cpu: .+, \w+\n- bf16 matmul units: (yes|no)\n", page)
+    assert float(re.search(r"- fp32 GEMM, 1024³: (\d+) GFLOP/s", page).group(1)) > 0  # the machine's measured speed
     assert "| sweeps " in page
 
 
@@ -376,6 +379,11 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
     assert rows[4:] == [f"SCANS + classifier ({c['kind']}, {c['anchors']} anchors)"] and len(c["grid"]) == 4
     two = choice["two_magnitudes"]  # (0, 1, 3) x (0, 1, 3) on each of the 2 layer ranges, from the same responses
     assert len(two["grid"]) == 18 and two["alpha"] in (0.0, 1.0, 3.0) and two["alpha_harmful"] in (0.0, 1.0, 3.0)
+    row, sym = methods.load(r, "scans_two"), methods.load(r, "scans_tuned")  # each row steers with its own choice
+    assert (row.alpha, row.alpha_harmful, list(row.steer_layers)) == (
+        two["alpha"], two["alpha_harmful"], two["steer_layers"]
+    )  # fmt: skip
+    assert (sym.alpha, sym.alpha_harmful, list(sym.steer_layers)) == (choice["alpha"], None, choice["steer_layers"])
     # Table 2's deciding rows on all of XSTest: the listed ones, then the best other (here the only other one).
     full = pd.read_csv(out / "table2_full.csv")
     assert full["method"].tolist() == rows
