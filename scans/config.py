@@ -239,7 +239,8 @@ def validate_methods(cfg: DictConfig) -> None:
         methods.build(node, name)
         # The ablation's layers, before any model work, where a stage trains or runs the rows.
         if node.get("candidate_layers") and n is not None and cfg.stage in ("all", "prepare", "steer"):
-            parse_layers(list(node["candidate_layers"]), n, f"{name}.candidate_layers")
+            where = f"{name}.candidate_layers (or model.grids.ablation_layers)"
+            parse_layers(list(node["candidate_layers"]), n, where)
     unknown = [n for n in cfg.steer.full.methods if n not in methods.known()]
     if unknown:
         raise ConfigError(f"steer.full.methods: {', '.join(unknown)} is not a YAML of configs/method/")

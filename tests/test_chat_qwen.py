@@ -145,3 +145,18 @@ def test_steered_generation_batched_equals_one_by_one_on_qwen2(qwen_lm):
         for i, e in enumerate(enc)
     ]
     assert batched == single
+
+
+def test_table1_shows_byte_level_tokens_as_the_text_they_decode_to(qwen_tokenizer):
+    """Table 1 lists vocabulary entries; Qwen's byte-level BPE spells Cyrillic and CJK as bytes in its own alphabet
+    (`ĠÐ°Ð´...`), which the page shows as the tokenizer itself decodes them, a leading space as "_"."""
+    from scans.report.analysis import _clean
+
+    entries = ["ĠÐ°Ð´Ð¼Ð¸Ð½Ð¸ÑģÑĤ", "ÑıÑģ", "ĠWILL", "'ll", "Ġexploiting"]  # from its Table 1
+    entries += qwen_tokenizer.convert_ids_to_tokens(qwen_tokenizer("你好 naïve", add_special_tokens=False)["input_ids"])
+    for entry in entries:
+        i = qwen_tokenizer.convert_tokens_to_ids(entry)
+        assert i != qwen_tokenizer.unk_token_id, entry
+        text = qwen_tokenizer.decode([i])
+        assert _clean(entry) == (text.replace(" ", "_") if "\ufffd" not in text else entry), entry  # a part of a char
+    assert _clean("ĠÐ°Ð´Ð¼Ð¸Ð½Ð¸ÑģÑĤ") == "_админист"

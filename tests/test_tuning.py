@@ -1,8 +1,10 @@
 """Choosing 𝓛 and 𝒯 on validation similarities."""
 
 import numpy as np
+import pytest
 import torch
 
+from scans.errors import ConfigError
 from scans.steering.tuning import best_threshold, best_window, layer_auroc, select_setting
 
 
@@ -58,6 +60,10 @@ def test_two_magnitudes_combine_the_symmetric_grids_responses_prompt_by_prompt()
     # Within 25 points of Default's harmful refusal, (1, 0) answers as many benign prompts as (1, 1) and (2, 0) and
     # steers least.
     assert select_setting(list(two.values()), 1.0, 0.25)[0] == two[1.0, 0.0]
+    reordered = sorted(two.values(), key=lambda g: -g["alpha_harmful"])  # (1, 1) first: only α + α_harmful decides
+    assert select_setting(reordered, 1.0, 0.25)[0] == two[1.0, 0.0]
+    with_zero = [{"alpha": 0.0, "steer_layers": [3, 4], **behaviour(default)}, *grid]  # tune.alphas holding 0
+    assert len(two_magnitude_grid(with_zero, [default, *flags], default, signs)) == 9  # α 0 once per sign
 
 
 def test_scans_can_steer_each_sign_by_its_own_magnitude():
@@ -69,3 +75,5 @@ def test_scans_can_steer_each_sign_by_its_own_magnitude():
     assert one.coefficients_from(sims).tolist() == [2.0, -2.0]
     assert two.coefficients_from(sims).tolist() == [0.0, -2.0]
     assert one.response_inputs(one.coefficients_from(sims)) != two.response_inputs(two.coefficients_from(sims))
+    with pytest.raises(ConfigError, match="tune stage"):
+        Scans("S", 2.0, (0,), (0, 1), 0.5, two_magnitudes=True)  # its magnitudes come from the tune stage

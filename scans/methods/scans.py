@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from scans.errors import ConfigError
 from scans.methods.base import Method
 from scans.steering import Steering, harm_similarity, steer_sign
 
@@ -40,6 +41,8 @@ class Scans(Method):
     two_magnitudes: bool = False  # with `tuned`: α, alpha_harmful and the layers of the tune stage's two-magnitude grid
 
     def __post_init__(self):
+        if self.two_magnitudes and not self.tuned:
+            raise ConfigError(f"{self.name}: two_magnitudes: true takes its magnitudes from the tune stage (tuned)")
         object.__setattr__(self, "steer_layers", _layers(self.steer_layers))
         object.__setattr__(self, "classify_layers", _layers(self.classify_layers))
 
@@ -52,7 +55,7 @@ class Scans(Method):
             return replace(
                 self,
                 alpha=float(steering["alpha"]),
-                alpha_harmful=float(steering["alpha_harmful"]) if self.two_magnitudes else None,
+                alpha_harmful=float(steering["alpha_harmful"]) if self.two_magnitudes else self.alpha_harmful,
                 steer_layers=tuple(steering["steer_layers"]),
                 classify_layers=tuple(c["classify_layers"]),
                 threshold=float(c["threshold"]),

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
 
 # Reference §3.4 (Llama2-7b-chat; "_" marks a SentencePiece word start).
 PAPER_TABLE1 = [
@@ -19,8 +20,18 @@ PAPER_TABLE1 = [
 ]
 
 
+_BYTES = {c: b for b, c in bytes_to_unicode().items()}  # byte-level BPE's printable alphabet (GPT-2, Qwen, SmolLM2)
+
+
 def _clean(token: str) -> str:
-    return token.replace("Ġ", "_").replace("▁", "_").replace("Ċ", "\\n").replace("|", "\\|")
+    """A vocabulary entry as text: byte-level BPE's bytes decoded (Qwen's Cyrillic and CJK tokens are bytes spelt
+    in its alphabet), a word-initial space or SentencePiece "▁" as "_"; an entry that is part of a character stays
+    as spelt."""
+    try:
+        token = bytes(_BYTES[c] for c in token).decode("utf-8").replace(" ", "_").replace("\n", "\\n")
+    except (KeyError, UnicodeDecodeError):
+        token = token.replace("Ġ", "_").replace("▁", "_").replace("Ċ", "\\n")
+    return token.replace("|", "\\|")
 
 
 def table1(result: Mapping) -> pd.DataFrame:
@@ -176,11 +187,12 @@ def signs_markdown(result: Mapping, table1: pd.DataFrame, model: str) -> str:
     cols = ["sign", "harmful", "harmful Δ", "benign", "benign Δ", "harmful_structured"]
     blocks, positions = rows[rows["probe"] == "block"], rows[rows["probe"] == "positions"]
     head, n = span(result["steer_layers"]), result["n"]
+    vectors = "unit refusal vectors" if result.get("normalize", True) else "the unnormalised mean differences"
     lines = [
         f"# Which way v pushes refusal (`{model}`)",
         "",
         f"Every row of a validation subset ({n['harmful']} harmful, {n['benign']} benign prompts, never a reported "
-        f"one) steered by +α·v or by -α·v, α = {result['alpha']:g} on unit refusal vectors, judged by `judge.fit`. "
+        f"one) steered by +α·v or by -α·v, α = {result['alpha']:g} on {vectors}, judged by `judge.fit`. "
         "SCANS adds +α·v where σ(q) says harmful and -α·v elsewhere: its recipe assumes that +v raises refusal and -v "
         f"lowers it. Unsteered: harmful {100 * default['harmful']:.1f}%, benign {100 * default['benign']:.1f}%; "
         f"harmful prompts answered in a task's form {100 * default['harmful_structured']:.1f}%.",

@@ -168,7 +168,7 @@ def sign_effects(r: Run) -> dict:
         if m["probe"] is None or (m["probe"] == "positions" and m["positions"] == head.positions):
             examples.append({**m, "responses": [x["response"] for x in responses[HARMFUL][: int(s.examples)]]})
     return {"alpha": alpha, "steer_layers": list(head.steer_layers), "method": head.name, "n": sizes,
-            "rows": rows, "examples": examples}  # fmt: skip
+            "normalize": head.normalize, "rows": rows, "examples": examples}  # fmt: skip
 
 
 def run(r: Run) -> dict:

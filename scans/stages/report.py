@@ -92,6 +92,8 @@ def run(r: Run) -> Path:
             "refusal and its benign sets' answer rates), on all the prompts of these sets."
         )
         refusal_table(r, out, "table2_full", title, full, r.full_sets)
+    else:
+        remove_pages(out, "table2_full")  # an earlier run's, with other settings, must not stay in the index
     prepared = [(m.name, type(m).__name__, m.prepare(r)) for m in listed]  # cached artifacts (stage=prepare)
     o = r.cfg.overlap
     write_text_atomic(
@@ -173,6 +175,8 @@ def analysis_outputs(r: Run, out: Path) -> None:
     result = analyze.run(r)
     if result.get("signs"):
         write_text_atomic(out / "signs.md", analysis_report.signs_markdown(result["signs"], t1, r.model_name))
+    else:
+        remove_pages(out, "signs")
     analysis_report.figure4(result, out / "figure4.png", r.model_name)
     analysis_report.figure5(result, out / "figure5.png", r.model_name)
     table = classifiers_table(result)
@@ -316,7 +320,12 @@ def _write_sweep(out: Path, name: str, df: pd.DataFrame, markdown: str, model: s
     # does not stay behind as if it were this one's.
     log.warning("report: %s has nothing for %s yet (its page says what to run)", name, model)
     write_text_atomic(out / f"{name}.md", markdown)
-    for suffix in ("csv", "tex"):
+    remove_pages(out, name, suffixes=("csv", "tex"))
+
+
+def remove_pages(out: Path, name: str, suffixes: tuple[str, ...] = ("md", "csv", "tex")) -> None:
+    """Delete a page an earlier run wrote that this run's settings do not make."""
+    for suffix in suffixes:
         (out / f"{name}.{suffix}").unlink(missing_ok=True)
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
+import numpy as np
 import torch
 from omegaconf import open_dict
 
 from scans import methods as methods_lib
 from scans.artifacts import read_jsonl, stable_hash, write_jsonl
 from scans.data import Prompt
+from scans.judge import judge_flags
 from scans.methods import Default, Method
 from scans.models import encode
 from scans.stages.context import Run, prompts_hash
@@ -152,8 +154,9 @@ def base_run(r: Run) -> Run | None:
 def full_rows(r: Run) -> list[Method]:
     """The rows also run on every prompt of `steer.full.sets`: those of `steer.full.methods` that this run has and,
     with `best_other`, the other row (not Default) with the best balanced accuracy on Table 2's own sets: the mean of
-    its refusal rates on the harmful sets and of its answer rates on the benign ones, judged by `judge.name`. None
-    when `method=<name>` runs one row alone."""
+    its refusal rates on the harmful sets and of its answer rates on the benign ones, judged by `judge.fit` (so that a
+    report judged by another judge, `stage=judge judge=...`, asks for the rows that steer ran). Default always
+    comes first: the full table's differences are against it. None when `method=<name>` runs one row alone."""
     f = r.cfg.steer.full
     if not f.sets or r.cfg.get("method") is not None:
         return []
@@ -163,16 +166,16 @@ def full_rows(r: Run) -> list[Method]:
     others = [m for m in others if not isinstance(m, Default)]
     if f.best_other and others:
         chosen.append(max(others, key=lambda m: balanced_accuracy(r, m)))
-    return chosen
+    return methods_lib.with_default(chosen)
 
 
 def balanced_accuracy(r: Run, method: Method) -> float:
     from scans.data import HARMFUL
-    from scans.stages import judge
 
     right: dict[bool, list[float]] = {True: [], False: []}
     for name, prompts in r.eval_sets.items():
-        rate = judge.judge_set(r, method, name, prompts)["refusal_rate"]
+        rows = load(r, method, name, prompts)[1]
+        rate = float(np.mean(judge_flags(r.cfg.judge.fit, [x["response"] for x in rows], [x["prompt"] for x in rows])))
         harmful = prompts[0].label == HARMFUL
         right[harmful].append(rate if harmful else 1.0 - rate)
     return 0.5 * sum(sum(v) / len(v) for v in right.values() if v) if all(right.values()) else 0.0

@@ -133,7 +133,7 @@ def two_magnitude_grid(grid: list[dict], flags: list[dict], default: dict, signs
     by_setting = {(tuple(g["steer_layers"]), g["alpha"]): f for g, f in zip(grid, flags)}
     out = []
     for layers in dict.fromkeys(tuple(g["steer_layers"]) for g in grid):
-        alphas = [0.0, *sorted(a for ls, a in by_setting if ls == layers)]
+        alphas = sorted({0.0, *(a for ls, a in by_setting if ls == layers)})  # α 0 is Default's, once
         for benign in alphas:
             for harmful in alphas:
                 pick = {a: by_setting[layers, a] if a else default for a in (benign, harmful)}
@@ -184,8 +184,9 @@ def run(r: Run) -> dict | None:
         return read_json(r.store.path(r.model_name, STAGE, k) / CHOICE)
     t = r.cfg.tune
     for a in t.alphas:  # checked before any model work (a model's own grid is model.grids, configs/tune)
-        number(a, "tune.alphas[]", 0.0)
-    layer_grid = [tuple(parse_layers(spec, r.num_layers, "tune.steer_layers[]")) for spec in t.steer_layers]
+        number(a, "tune.alphas[] (or model.grids.tune_alphas)", 0.0)
+    where = "tune.steer_layers[] (or model.grids.tune_steer_layers)"
+    layer_grid = [tuple(parse_layers(spec, r.num_layers, where)) for spec in t.steer_layers]
     sets = validation(r)
     layer_sims = torch.cat([classify.similarities(r, name, prompts) for name, prompts in sets.items()])
     items = [p for prompts in sets.values() for p in prompts]
