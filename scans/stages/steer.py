@@ -16,7 +16,6 @@ from omegaconf import open_dict
 from scans import methods as methods_lib
 from scans.artifacts import read_jsonl, stable_hash, write_jsonl
 from scans.data import Prompt
-from scans.judge import judge_flags
 from scans.methods import Default, Method
 from scans.models import encode
 from scans.stages.context import Run, prompts_hash
@@ -171,11 +170,11 @@ def full_rows(r: Run) -> list[Method]:
 
 def balanced_accuracy(r: Run, method: Method) -> float:
     from scans.data import HARMFUL
+    from scans.stages.tune import refusal_flags
 
     right: dict[bool, list[float]] = {True: [], False: []}
     for name, prompts in r.eval_sets.items():
-        rows = load(r, method, name, prompts)[1]
-        rate = float(np.mean(judge_flags(r.cfg.judge.fit, [x["response"] for x in rows], [x["prompt"] for x in rows])))
+        rate = float(np.mean(refusal_flags(r, {name: load(r, method, name, prompts)[1]})[name]))
         harmful = prompts[0].label == HARMFUL
         right[harmful].append(rate if harmful else 1.0 - rate)
     return 0.5 * sum(sum(v) / len(v) for v in right.values() if v) if all(right.values()) else 0.0
