@@ -58,26 +58,34 @@ def test_the_shared_prefix_stops_where_steering_starts(tiny_lm, positions, monke
     assert prefixes == [expected]
 
 
-def test_rows_that_finish_early_leave_the_batch_and_the_rest_still_match(tiny_lm, monkeypatch):
+@pytest.mark.parametrize("kind", ["steering", "self_cd"])
+def test_rows_that_finish_early_leave_the_batch_and_the_rest_still_match(tiny_lm, kind, monkeypatch):
     """With a token that ends some rows after a few steps taken as EOS, the engine drops those rows mid-generation
-    (the steering hook's rows follow) and every response still equals HF `generate`'s."""
+    (the steering hook's rows follow; Self-CD's pairs leave together, its processor reading the survivors' halves)
+    and every response still equals HF `generate`'s."""
     g = torch.Generator().manual_seed(5)
-    spec = Steering(torch.randn(2, tiny_lm.model.config.hidden_size, generator=g), [0, 1], 2.0)
     queries = [*QUERIES, *(q + " Please." for q in QUERIES)]
     enc = [encode(tiny_lm.chat, q) for q in queries]
-    signs = torch.tensor([(-1.0) ** i for i in range(len(enc))])
+    if kind == "steering":
+        iv = Steering(torch.randn(2, tiny_lm.model.config.hidden_size, generator=g), [0, 1], 2.0)
+        coefs = torch.tensor([(-1.0) ** i for i in range(len(enc))]) * iv.alpha
+    else:
+        iv, coefs = _interventions(tiny_lm)["self_cd"]
+    assert iv.compactable()
     dec = DecodingConfig(12, 1.1, len(enc))
     # The generated ids of every row, to pick a token that some rows produce early and others never.
-    plan = [Row(e.eoi_index, len(e.input_ids), e.query_start, float(c) * spec.alpha) for e, c in zip(enc, signs)]
+    rows = iv.companions(enc) + enc
+    c = [0.0 if coefs is None else float(coefs[j % len(enc)]) for j in range(len(rows))]
+    plan = [Row(e.eoi_index, len(e.input_ids), e.query_start, c[j]) for j, e in enumerate(rows)]
     ids = engine_lib.decode_batch(
-        tiny_lm.model, tiny_lm.tokenizer, [e.input_ids for e in enc], plan, spec, 12, 1.1, 0,
+        tiny_lm.model, tiny_lm.tokenizer, [e.input_ids for e in rows], plan, iv, 12, 1.1, 0,
         engine_lib.PrefixCache(tiny_lm.model), DEVICE,
-    ).tolist()  # fmt: skip
+    ).tolist()[len(rows) - len(enc) :]  # fmt: skip
     counts: dict[int, int] = {}
     for row in ids:
-        for t in set(row[1:4]):
+        for t in set(row[1:6]):
             counts[t] = counts.get(t, 0) + 1
-    eos = max((t for t, c in counts.items() if c < len(ids)), key=lambda t: counts[t])
+    eos = max((t for t, n in counts.items() if n < len(ids)), key=lambda t: counts[t])
     assert counts[eos] >= 3
 
     class Tokenizer:  # the tiny tokenizer, with that token as EOS
@@ -93,8 +101,9 @@ def test_rows_that_finish_early_leave_the_batch_and_the_rest_still_match(tiny_lm
         return decided
 
     monkeypatch.setattr(engine_lib, "should_compact", record)
-    ours = generate(tiny_lm.model, Tokenizer, enc, dec, steer=spec, signs=signs)
-    hf = generate(tiny_lm.model, Tokenizer, enc, dataclasses.replace(dec, engine="hf"), steer=spec, signs=signs)
+    ours = generate(tiny_lm.model, Tokenizer, enc, dec, intervention=iv, coefficients=coefs)
+    hf = generate(tiny_lm.model, Tokenizer, enc, dataclasses.replace(dec, engine="hf"), intervention=iv,
+                  coefficients=coefs)  # fmt: skip
     assert ours == hf
     assert any(compactions)
 

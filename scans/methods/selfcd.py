@@ -58,6 +58,12 @@ class SelfCDIntervention(Intervention):
     def processor(self, model, attention_mask, rows: Sequence[Row]):
         return ContrastProcessor(self.ratio)
 
+    def compactable(self) -> bool:
+        """Both rows of a pair get the same contrasted scores, so they choose the same token and finish together; the
+        engine keeps the unfinished rows in order, the pairs' first halves and then their twins, which is the layout
+        `ContrastProcessor` reads. The processor holds no per-row state."""
+        return True
+
     def logits(self, model, input_ids, attention_mask, rows):
         ids, mask, _, index = insert_rows(input_ids, attention_mask, rows, self.safety)
         width = ids.shape[1]

@@ -165,7 +165,7 @@ def decode_batch(
     pad_id = tokenizer.pad_token_id
     result = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=device)
     alive = torch.arange(b, device=device)  # the batch's rows still decoding, in its original numbering
-    compact = own is None and intervention.compactable()
+    compact = intervention.compactable()  # a processor or companions rule it out unless the intervention allows it
     unfinished = torch.ones(b, dtype=torch.bool, device=device)
     steps = 0
     with contiguous_head_input(model), intervention.active(model, plan) as state:
