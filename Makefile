@@ -36,10 +36,12 @@ test:
 # Every table and figure for the model (the embedded default unless MODEL=<configs/model name>): Tables 1-7,
 # Figures 4-5 and the sweeps of Tables 5-7, in one process (`stage=all`), which writes results/report/<model>/run.md
 # with each stage's wall time (README.md quotes it); first the judges' agreement with XSTest's humans (no model's).
+# EXPERIMENT=<configs/experiment name> sizes the run (Qwen2.5-Coder-0.5B on 2 CPU cores: EXPERIMENT=qwen_cpu).
 MODEL ?= smollm2_organism
+EXPERIMENT ?= default
 reproduce:
 	$(RUN) stage=judge_agreement
-	$(RUN) model=$(MODEL) stage=all
+	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=all
 
 # Tables 5-7 on other grids, as Hydra multiruns of `stage=sweep` (one job a column; the model loaded once; vectors
 # and similarities read from reproduce's artifacts); `make reproduce` already makes the default grids.
@@ -47,16 +49,16 @@ ALPHAS ?= 1.5,2.0,2.5,3.0,3.5,4.0
 THRESHOLDS ?= 0.80,0.75,0.70,0.65,0.60
 SEGMENTS ?= former,middle,latter
 sweeps:
-	$(RUN) -m model=$(MODEL) stage=sweep sweep.vary=alpha steer.alpha=$(ALPHAS)
-	$(RUN) -m model=$(MODEL) stage=sweep sweep.vary=threshold classify.threshold=$(THRESHOLDS)
-	$(RUN) -m model=$(MODEL) stage=sweep sweep.vary=layers steer.layers=$(SEGMENTS)
-	$(RUN) model=$(MODEL) stage=report 'sweep.alphas=[$(ALPHAS)]' 'analysis.paper_thresholds=[$(THRESHOLDS)]' \
+	$(RUN) -m model=$(MODEL) experiment=$(EXPERIMENT) stage=sweep sweep.vary=alpha steer.alpha=$(ALPHAS)
+	$(RUN) -m model=$(MODEL) experiment=$(EXPERIMENT) stage=sweep sweep.vary=threshold classify.threshold=$(THRESHOLDS)
+	$(RUN) -m model=$(MODEL) experiment=$(EXPERIMENT) stage=sweep sweep.vary=layers steer.layers=$(SEGMENTS)
+	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=report 'sweep.alphas=[$(ALPHAS)]' 'analysis.paper_thresholds=[$(THRESHOLDS)]' \
 		'sweep.segments=[$(SEGMENTS)]'
 
 # Table 3 for every row of Table 2 (the baselines' MMLU, XSum and perplexity), then the report again.
 capability-all:
-	$(RUN) model=$(MODEL) stage=capability capability.all_methods=true
-	$(RUN) model=$(MODEL) stage=report capability.all_methods=true
+	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=capability capability.all_methods=true
+	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=report capability.all_methods=true
 
 reproduce-all: reproduce capability-all
 

@@ -84,3 +84,34 @@ def test_steering_a_split_model_equals_steering_it_whole(split):
 def test_a_bad_device_map_is_a_config_error(tiny_model_dir):
     with pytest.raises(ConfigError, match="model.device_map"):
         load_model(_cfg(tiny_model_dir, device_map="everywhere"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_dtype_auto_loads_bf16_only_where_the_device_computes_it(tiny_model_dir, monkeypatch, native):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    loaded = load_model(_cfg(tiny_model_dir, dtype="auto"))
+    expected = torch.bfloat16 if native else torch.float32
+    assert next(loaded.model.parameters()).dtype == expected
+    assert loaded.provenance["dtype"] == str(expected).removeprefix("torch.")  # the resolved name, never "auto"
+
+
+def test_dtype_auto_is_keyed_as_the_precision_it_resolves_to(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from scans.cli import CONFIG_DIR
+    from scans.stages import Run
+
+    def identity(dtype):
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[f"paths.artifacts={tmp_path}", "model=qwen2_5_coder_0_5b_instruct",
+                                               f"model.dtype={dtype}", "model.device=cpu"])  # fmt: skip
+        return Run(cfg).model_identity
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert identity("auto") == identity("bfloat16") != identity("float32")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert identity("auto") == identity("float32")
+    with pytest.raises(ConfigError, match="model.dtype='float8'"):
+        load_model(_cfg(tmp_path, dtype="float8"))

@@ -78,6 +78,28 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 matmuls natively: AMX or AVX-512 BF16 on a CPU, bf16 support on CUDA (elsewhere
+    bf16 is emulated, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own CPUID probes
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`model.dtype`, with `auto` resolved: bfloat16 where the device computes it natively, else float32. The resolved
+    name, never "auto", goes into artifact keys and the dequantized model's cache folder, since the two precisions
+    give different activations."""
+    if dtype == "auto":
+        return "bfloat16" if native_bf16(resolve_device(device)) else "float32"
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={dtype!r}; expected auto or one of {', '.join(DTYPES)}")
+    return dtype
+
+
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
@@ -141,12 +163,11 @@ def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
 
     keep_freed_buffers()
     source = cfg.source
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype={cfg.dtype!r}; expected one of {', '.join(DTYPES)}")
-    dtype = DTYPES[cfg.dtype]
+    dtype_name = resolve_dtype(cfg.dtype, cfg.device)
+    dtype = DTYPES[dtype_name]
     device = resolve_device(cfg.device)
     kwargs: dict[str, Any] = {}
-    provenance: dict[str, Any] = {"name": cfg.name, "source": dict(source), "dtype": cfg.dtype}
+    provenance: dict[str, Any] = {"name": cfg.name, "source": dict(source), "dtype": dtype_name}
     if source.kind == "hub":
         where, kwargs["revision"] = source.id, resolve_revision(source.id, source.get("revision"))
         provenance["source"]["revision"] = kwargs["revision"]
@@ -155,7 +176,7 @@ def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
         if not Path(where).is_dir():
             raise ModelError(f"model folder {where} does not exist")
     elif source.kind in ("gguf_wheel", "gguf_split_wheels"):
-        cached = Path(cache_dir) / f"{cfg.name}-{cfg.dtype}" if cache_dir else None
+        cached = Path(cache_dir) / f"{cfg.name}-{dtype_name}" if cache_dir else None
         if cached is not None and (cached / "config.json").is_file():
             where = str(cached)
         elif source.kind == "gguf_wheel":
@@ -177,7 +198,7 @@ def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
     except OSError as exc:
         raise ModelError(f"cannot load model {cfg.name!r} from {where}: {str(exc).splitlines()[0]}") from exc
     if "gguf_file" in kwargs and cache_dir is not None:
-        _save_atomically(model, tokenizer, Path(cache_dir) / f"{cfg.name}-{cfg.dtype}")
+        _save_atomically(model, tokenizer, Path(cache_dir) / f"{cfg.name}-{dtype_name}")
     if device_map is None:
         model.to(device)
     else:

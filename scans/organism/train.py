@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from scans.errors import ConfigError
 from scans.models.chat import ChatFormat, encode
+from scans.models.loading import native_bf16
 from scans.organism.data import Example
 from scans.steering.batching import length_sorted_batches, pad_left
 
@@ -38,15 +39,10 @@ class TrainConfig:
 
 
 def native_autocast(device: torch.device) -> str | None:
-    """ "bfloat16" where `device` has bf16 matmul units (AMX or AVX-512 BF16 on a CPU, bf16 support on CUDA), else
-    None (float32): what `autocast: auto` resolves to. The resolved value, not "auto", goes into artifact keys, since
-    the two precisions train different weights."""
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own CPUID probes
-        return "bfloat16" if any(getattr(torch.cpu, name, lambda: False)() for name in checks) else None
-    return None
+    """ "bfloat16" where `device` has bf16 matmul units (`scans.models.loading.native_bf16`), else None (float32):
+    what `autocast: auto` resolves to. The resolved value, not "auto", goes into artifact keys, since the two
+    precisions train different weights."""
+    return "bfloat16" if native_bf16(device) else None
 
 
 def tokenize_example(chat: ChatFormat, example: Example, max_answer_tokens: int) -> tuple[list[int], list[int]]:

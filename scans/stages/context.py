@@ -60,6 +60,8 @@ class Run:
     @cached_property
     def model_identity(self) -> dict:
         """What determines the model's activations: weights (for the organism: its align key), precision, format."""
+        from scans.models.loading import resolve_dtype
+
         m = self.cfg.model
         identity = OmegaConf.to_container(
             OmegaConf.create(
@@ -67,6 +69,7 @@ class Run:
             ),
             resolve=True,
         )
+        identity["dtype"] = resolve_dtype(identity["dtype"], m.device)  # `auto` keyed as what it loads in
         if m.source.kind == "organism":
             from scans.stages import align
 
