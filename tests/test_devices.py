@@ -115,3 +115,16 @@ def test_dtype_auto_is_keyed_as_the_precision_it_resolves_to(tmp_path, monkeypat
     assert identity("auto") == identity("float32")
     with pytest.raises(ConfigError, match="model.dtype='float8'"):
         load_model(_cfg(tmp_path, dtype="float8"))
+
+
+def test_a_bf16_unembedding_gets_contiguous_input(tiny_model_dir):
+    """HF `generate`'s prefill hands the head `hidden[:, -1:, :]`; in bf16 a non-contiguous 3-D input makes torch
+    materialise the weight per row (out of memory on Qwen's head at 72 rows), so the loader makes it contiguous."""
+    model = load_model(_cfg(tiny_model_dir, dtype="bfloat16")).model
+    head = model.get_output_embeddings()
+    seen = []
+    head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    hidden = torch.randn(3, 5, head.in_features, dtype=torch.bfloat16)
+    out = head(hidden[:, -1:, :])
+    assert seen == [True]
+    torch.testing.assert_close(out, torch.nn.functional.linear(hidden[:, -1:, :].contiguous(), head.weight))
