@@ -174,21 +174,26 @@ def test_the_in_place_repetition_penalty_is_transformers(vocab_extra):
     assert not torch.equal(ours, scores)
 
 
-def test_the_head_sees_a_contiguous_input_only_while_generating(tiny_lm):
-    """The prompt's pass hands the lm_head a strided slice; the engine's pre-hook makes it contiguous, and is gone
-    afterwards."""
+@pytest.mark.parametrize("rows", [1, 2])
+def test_the_head_sees_one_contiguous_matrix_only_while_generating(tiny_lm, rows):
+    """The prompt's pass hands the lm_head a strided (B, 1, d) slice, which `F.linear` may run as a batched matmul
+    over a copy of the weight (one row: the shared prefix's pass). The engine's hooks give the head one contiguous
+    (B, d) matrix and the logits back as (B, 1, vocab), the same numbers, and are gone afterwards."""
     head = tiny_lm.model.get_output_embeddings()
     seen = []
-    probe = head.register_forward_hook(lambda _, args, out: seen.append(args[0].is_contiguous()))
+    probe = head.register_forward_hook(lambda _, args, out: seen.append((args[0].dim(), args[0].is_contiguous())))
+    x = torch.tensor([[1, 2, 3, 4]], device=DEVICE).expand(rows, -1)
     try:
-        x = torch.tensor([[1, 2, 3, 4]], device=DEVICE)
         with engine_lib.contiguous_head_input(tiny_lm.model):
-            assert len(head._forward_pre_hooks) == 1
-            tiny_lm.model(input_ids=x.expand(2, -1), logits_to_keep=1)
-        tiny_lm.model(input_ids=x.expand(2, -1), logits_to_keep=1)
+            assert len(head._forward_pre_hooks) == 1 and len(head._forward_hooks) == 2
+            ours = tiny_lm.model(input_ids=x, logits_to_keep=1).logits
+        plain = tiny_lm.model(input_ids=x, logits_to_keep=1).logits
     finally:
         probe.remove()
-    assert seen == [True, False] and not head._forward_pre_hooks
+    assert seen[0] == (2, True) and seen[1][0] == 3
+    assert ours.shape == plain.shape == (rows, 1, head.out_features)
+    torch.testing.assert_close(ours, plain)
+    assert not head._forward_pre_hooks and not head._forward_hooks
 
 
 def test_every_intervention_whose_rows_may_leave_can_be_told_which_remain(tiny_lm):
