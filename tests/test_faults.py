@@ -71,7 +71,7 @@ def overrides(tiny_model_dir: Path, artifacts: Path) -> list[str]:
     return [
         "model=local", f"model.source.path={tiny_model_dir}", "model.num_layers=2", f"model.device={DEVICE}",
         "model.hparams.steer_layers=0-1", "model.hparams.classify_layers=0-1", "model.hparams.threshold=0.5",
-        "experiment=smoke", f"paths.artifacts={artifacts}",
+        "experiment=smoke", "model.dtype=float32", f"paths.artifacts={artifacts}",
     ]  # fmt: skip
 
 

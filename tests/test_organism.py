@@ -104,7 +104,11 @@ def test_organism_round_trips_and_is_reused(organism_cfg, monkeypatch):
     lm = r.lm  # loads the saved organism
     from transformers import AutoModelForCausalLM
 
-    fresh = AutoModelForCausalLM.from_pretrained(path)
+    from scans.models.loading import DTYPES, resolve_dtype
+
+    # The saved fp32 weights, in the precision `model.dtype` (auto) resolves to here.
+    assert lm.model.dtype == DTYPES[resolve_dtype(organism_cfg.model.dtype, "cpu")]
+    fresh = AutoModelForCausalLM.from_pretrained(path, dtype=lm.model.dtype)
     for (name, a), (_, b) in zip(lm.model.state_dict().items(), fresh.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
 

@@ -57,6 +57,7 @@ def tiny_overrides(tiny_model_dir, tmp_path) -> list[str]:
         "model.hparams.classify_layers=0-1",
         "model.hparams.threshold=0.5",
         "experiment=smoke",
+        "model.dtype=float32",  # smoke's `auto` would make it bf16 on some CPUs only
         "generation.max_new_tokens=4",
         "methods=[default,scans_paper,scans_tuned,scans_classifier]",
         # stage=all's sweeps make Table 7's columns (analysis.paper_thresholds); Tables 5-6's are left to the
@@ -432,7 +433,8 @@ def swept(finished, tiny_model_dir, data_dir):
     args = [
         "model=local", f"model.source.path={tiny_model_dir}", "model.num_layers=2", "model.device=cpu",
         "model.hparams.steer_layers=0-1", "model.hparams.classify_layers=0-1", "model.hparams.threshold=0.5",
-        "experiment=smoke", "generation.max_new_tokens=4", f"paths.artifacts={tmp / 'artifacts'}",
+        "experiment=smoke", "model.dtype=float32", "generation.max_new_tokens=4",
+        f"paths.artifacts={tmp / 'artifacts'}",
         f"hydra.sweep.dir={tmp / 'multirun'}", "stage=sweep",
     ]  # fmt: skip
     for job in (["sweep.vary=alpha", "steer.alpha=2.0,4.0"], ["sweep.vary=layers", "steer.layers=middle,latter"]):
@@ -465,7 +467,8 @@ def test_a_sweep_runs_in_parallel_through_hydras_launchers(
     args = [
         "model=local", f"model.source.path={tiny_model_dir}", "model.num_layers=2", "model.device=cpu",
         "model.hparams.steer_layers=0-1", "model.hparams.classify_layers=0-1", "model.hparams.threshold=0.5",
-        "experiment=smoke", "generation.max_new_tokens=4", f"paths.artifacts={tmp / 'artifacts'}",
+        "experiment=smoke", "model.dtype=float32", "generation.max_new_tokens=4",
+        f"paths.artifacts={tmp / 'artifacts'}",
         f"hydra.sweep.dir={sweep_dir}", "stage=sweep", "sweep.vary=alpha", f"steer.alpha={alphas[0]},{alphas[1]}",
         f"hydra/launcher={launcher}", *settings,
     ]  # fmt: skip
