@@ -73,8 +73,11 @@ judges:
 
 # The engine against the matmul bound and HF generate (results/report/<model>/bench.md and .csv; MODEL= as above),
 # then steering's overhead, the batched SCANS pipeline against the authors' loop, and the parallel launcher.
+# PREVIOUS_DTYPE=float32 (the default) also times Table 2's previous path in fp32, the organism's precision before
+# model.dtype: auto; PREVIOUS_DTYPE= leaves it out.
+PREVIOUS_DTYPE ?= float32
 bench:
-	$(PY) scripts/bench_engine.py --table2 --overrides model=$(MODEL)
+	$(PY) scripts/bench_engine.py --table2 --previous-dtype $(PREVIOUS_DTYPE) --overrides model=$(MODEL)
 	$(PY) scripts/bench_steering.py --batch-sizes 1 16 --repeats 3
 	bash scripts/bench_launcher.sh
 

@@ -11,9 +11,11 @@ the configured model (the organism by default), and write `results/report/<model
 Every arm generates exactly `--new-tokens` tokens from the same XSTest prompts. Part 4 (`--table2`) times steered
 generation of Table 2's prompts (Default and the headline SCANS row, its real vectors and signs) on the previous path
 (HF `generate`, one set at a time, batch 32) against the engine (every set together, the default batch), counts the
-responses that differ and gives each set's refusal rate on both paths.
+responses that differ and gives each set's refusal rate on both paths; `--previous-dtype float32` times the
+previous path on the same weights in fp32 too (the organism's precision before `model.dtype: auto`).
 
-    python scripts/bench_engine.py [--batch-sizes 1 16 64 128 256] [--new-tokens 32] [--table2] [--overrides ...]
+    python scripts/bench_engine.py [--batch-sizes 1 16 64 128 256] [--new-tokens 32] [--table2]
+        [--previous-dtype float32] [--overrides ...]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from scans.config import parse_layers
 from scans.data import load_prompts
 from scans.judge import judge_flags
 from scans.models import encode
+from scans.models.loading import resolve_dtype
 from scans.report.run_record import machine
 from scans.stages import Run, run_stage
 from scans.steering import DecodingConfig, Steering, generate
@@ -83,6 +86,9 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per arm (median); the bound takes best of 5")
     ap.add_argument("--table2", action="store_true", help="also time Table 2's steered prompts, old path vs engine")
+    ap.add_argument(
+        "--previous-dtype", nargs="*", default=[], help="--table2's previous path in these precisions too (float32)"
+    )
     ap.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides, e.g. model=llama2_7b_chat")
     args = ap.parse_args()
 
@@ -128,43 +134,55 @@ def main() -> None:
     df["engine_over_bound"] = df["engine_tok_s"] / df["bound_tok_s"]
     df["decode_over_bound"] = df["engine_decode_tok_s"] / df["bound_tok_s"]
     df["engine_over_hf16"] = df["engine_tok_s"] / hf16
-    extra = table2_comparison(r, default_batch) if args.table2 else None
+    extra = None
+    if args.table2:
+        previous = {resolve_dtype(cfg.model.dtype, cfg.model.device): r}
+        for dtype in args.previous_dtype:  # the same weights in another precision, e.g. the fp32 of an older default
+            with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+                other = compose("config", overrides=[*args.overrides, f"model.dtype={dtype}"])
+            previous.setdefault(resolve_dtype(dtype, other.model.device), Run(other))
+        extra = table2_comparison(r, default_batch, previous)
     write(r, df, n_tok, where, extra)
 
 
-def table2_comparison(r: Run, batch: int) -> list[dict]:
+def table2_comparison(r: Run, batch: int, previous: dict[str, Run]) -> list[dict]:
     """Default and the headline SCANS row on Table 2's prompts: the previous path (HF generate, one set at a time,
-    batch 32) against the engine (every set together at `batch`), same interventions, signs and decoding. Seconds,
-    responses that differ, and each set's refusal rate (the run's judge) on both paths."""
+    batch 32) on each model of `previous` (the run's own, and the same weights in another precision where
+    `--previous-dtype` asks) against the engine (every set together at `batch`), same interventions, signs and
+    decoding. Seconds, responses that differ from the engine's, and each set's refusal rate (the run's judge)."""
     run_stage("classify", r)
     lm, g, sets = r.lm, r.cfg.generation, r.eval_sets
     old = DecodingConfig(g.max_new_tokens, g.repetition_penalty, 32, engine="hf")
     new = DecodingConfig(g.max_new_tokens, g.repetition_penalty, batch)
     enc = {n: [encode(lm.chat, p.text) for p in ps] for n, ps in sets.items()}
+    asked = {n: [p.text for p in ps] for n, ps in sets.items()}
+
+    def rates(responses: dict[str, list[str]]) -> dict[str, float]:
+        return {n: 100 * sum(judge_flags(r.cfg.judge.name, responses[n], asked[n])) / len(asked[n]) for n in sets}
+
     out = []
     for method in (methods.Default(), methods.headline(r)):
         iv = methods.intervention(r, method)
         coefs = {n: method.coefficients(r, ps, n) for n, ps in sets.items()}
-        t = time.perf_counter()
-        before = {n: generate(lm.model, lm.tokenizer, enc[n], old, intervention=iv, coefficients=coefs[n])
-                  for n in sets}  # fmt: skip
-        old_s = time.perf_counter() - t
         stacked = None if coefs[next(iter(sets))] is None else torch.cat([coefs[n] for n in sets])
         t = time.perf_counter()
         flat = generate(lm.model, lm.tokenizer, [e for n in sets for e in enc[n]], new, intervention=iv,
                         coefficients=stacked)  # fmt: skip
-        new_s = time.perf_counter() - t
+        row = {"method": method.name, "prompts": len(flat), "new_s": time.perf_counter() - t, "batch": batch}
         after, start = {}, 0
         for n in sets:
             after[n], start = flat[start : start + len(enc[n])], start + len(enc[n])
-        rates = {}
-        for n, ps in sets.items():
-            asked = [p.text for p in ps]
-            rates[n] = tuple(100 * sum(judge_flags(r.cfg.judge.name, x[n], asked)) / len(ps) for x in (before, after))
-        out.append({
-            "method": method.name, "prompts": len(flat), "old_s": old_s, "new_s": new_s, "batch": batch,
-            "differ": sum(a != b for n in sets for a, b in zip(before[n], after[n])), "rates": rates,
-        })  # fmt: skip
+        row["rates"], row["previous"] = rates(after), {}
+        for label, prev in previous.items():
+            t = time.perf_counter()
+            before = {n: generate(prev.lm.model, prev.lm.tokenizer, enc[n], old, intervention=iv,
+                                  coefficients=coefs[n]) for n in sets}  # fmt: skip
+            row["previous"][label] = {
+                "s": time.perf_counter() - t,
+                "differ": sum(a != b for n in sets for a, b in zip(before[n], after[n])),
+                "rates": rates(before),
+            }
+        out.append(row)
         print(out[-1], flush=True)
     return out
 
@@ -206,30 +224,39 @@ def write(r: Run, df: pd.DataFrame, new_tokens: int, where: dict, table2: list[d
         f" decoding at {d.decode_over_bound:.2f} of the matmul bound ({d.engine_over_bound:.2f} end to end).",
     ]
     if table2:
+        labels = list(table2[0]["previous"])
         md += [
             "",
             f"## Table 2's prompts, the previous path against the engine (up to {r.cfg.generation.max_new_tokens} new"
             " tokens)",
             "",
-            "The previous path is HF `generate`, one set at a time, batch 32; the engine generates every set together"
-            f" at batch {table2[0]['batch']}. Same interventions, signs and decoding; refusal rates (%) by the run's"
-            f" judge (`{r.cfg.judge.name}`) on each path.",
+            "The previous path is HF `generate`, one set at a time, batch 32, with the model in each precision named;"
+            f" the engine generates every set together at batch {table2[0]['batch']} in the run's"
+            f" ({labels[0]}). Same interventions, signs (σ(q) in the run's precision) and decoding; refusal rates (%)"
+            f" by the run's judge (`{r.cfg.judge.name}`) on each path.",
             "",
-            "| row | prompts | previous s | engine s | speed-up | responses that differ |",
+            "| row | prompts | path | seconds | engine's speed-up | responses that differ from the engine's |",
             "|---|---|---|---|---|---|",
-            *(
-                f"| {t['method']} | {t['prompts']} | {t['old_s']:.1f} | {t['new_s']:.1f} |"
-                f" {t['old_s'] / t['new_s']:.2f}x | {t['differ']} |"
-                for t in table2
-            ),  # fmt: skip
-            "",
-            "| row | " + " | ".join(table2[0]["rates"]) + " |",
-            "|---|" + "---|" * len(table2[0]["rates"]),
-            *(
-                "| " + t["method"] + " | " + " | ".join(f"{a:.1f} → {b:.1f}" for a, b in t["rates"].values()) + " |"
-                for t in table2
-            ),  # fmt: skip
         ]
+        for t in table2:
+            md += [
+                f"| {t['method']} | {t['prompts']} | previous, {label} | {p['s']:.1f} | {p['s'] / t['new_s']:.2f}x |"
+                f" {p['differ']} |"
+                for label, p in t["previous"].items()
+            ] + [f"| {t['method']} | {t['prompts']} | engine, {labels[0]} | {t['new_s']:.1f} | | |"]
+        md += [
+            "",
+            "| row | path | " + " | ".join(table2[0]["rates"]) + " |",
+            "|---|---|" + "---|" * len(table2[0]["rates"]),
+        ]
+        for t in table2:
+            paths = [
+                *((f"previous, {label}", p["rates"]) for label, p in t["previous"].items()),
+                ("engine", t["rates"]),
+            ]
+            md += [
+                f"| {t['method']} | {path} | " + " | ".join(f"{v:.1f}" for v in x.values()) + " |" for path, x in paths
+            ]
     write_text_atomic(folder / "bench.md", "\n".join(md) + "\n")
     print("\n".join(md))
 
