@@ -128,3 +128,9 @@ def test_a_bf16_unembedding_gets_contiguous_input(tiny_model_dir):
     out = head(hidden[:, -1:, :])
     assert seen == [True]
     torch.testing.assert_close(out, torch.nn.functional.linear(hidden[:, -1:, :].contiguous(), head.weight))
+    # The engine adds the same hooks while it generates: nested on the loader's, the logits keep the input's shape.
+    from scans.steering.engine import contiguous_head_input
+
+    with contiguous_head_input(model):
+        assert torch.equal(head(hidden[:, -1:, :]), out) and head(hidden).shape == (3, 5, head.out_features)
+    assert len(head._forward_hooks) == 1  # the loader's restore alone again

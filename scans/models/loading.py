@@ -204,8 +204,8 @@ def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
     else:
         provenance["device_map"] = {k: str(v) for k, v in model.hf_device_map.items()}
     model.eval().requires_grad_(False)
-    if dtype != torch.float32:
-        model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
+    if dtype != torch.float32 and (head := model.get_output_embeddings()) is not None:
+        flat_head_input(head)
     prepare_tokenizer(tokenizer)
     chat = make_chat_format(cfg.chat_format, tokenizer, cfg.get("system_prompt"))
     loaded = LoadedModel(cfg.name, model, tokenizer, chat, provenance)
@@ -214,12 +214,25 @@ def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
     return loaded
 
 
-def _contiguous_input(module, args):
-    """The unembedding's input made contiguous. In bf16 or fp16 a CPU matmul of a non-contiguous 3-D input (HF
-    `generate`'s prefill takes `hidden[:, -1:, :]`) falls back to a batched matmul that materialises the weight once
-    per row: Qwen's 151,936 x 896 head took 5.6 s against 26 ms for 8 rows, and 272 MB a row, which is what ran
-    SafeDecoding's sampling out of memory at 72 rows. In fp32 it takes the ordinary path, so fp32 is left as it is."""
-    return (args[0].contiguous(), *args[1:])
+def flat_head_input(head: torch.nn.Module) -> list:
+    """Hooks that hand the unembedding its input as one contiguous 2-D matrix and its logits back in the input's
+    shape; their handles. A (B, T, d) input, above all HF `generate`'s strided `hidden[:, -1:, :]`, may otherwise run
+    as a batched matmul over a copy of the weight per row: Qwen's 151,936 x 896 head took 5.6 s against 26 ms for 8
+    rows in bf16 (272 MB a row, which ran SafeDecoding's sampling out of memory at 72 rows), 0.43 s for one row, and
+    a 49k head 0.3 s at batch 128 in fp32 against 25 ms. The loader keeps them on a bf16 or fp16 model; the engine
+    adds them while it generates (`scans.steering.engine.contiguous_head_input`). Pairs nest: each restore runs
+    before those of the pairs added earlier."""
+    shapes = []
+
+    def flatten(_, args):
+        x = args[0]
+        shapes.append(x.shape[:-1])
+        return (x.reshape(-1, x.shape[-1]).contiguous(), *args[1:])
+
+    def restore(_, args, out):
+        return out.view(*shapes.pop(), out.shape[-1])
+
+    return [head.register_forward_pre_hook(flatten), head.register_forward_hook(restore, prepend=True)]
 
 
 @functools.cache

@@ -28,6 +28,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from scans.methods.base import Intervention, Row
+from scans.models.loading import flat_head_input
 
 
 def common_prefix(rows: Sequence[Sequence[int]]) -> int:
@@ -208,25 +209,10 @@ def decode_batch(
 
 @contextlib.contextmanager
 def contiguous_head_input(model):
-    """Hand the lm_head its input as one contiguous 2-D matrix while generating, and its logits back in the input's
-    shape. With `logits_to_keep=1` the head gets a (B, 1, d) slice of the hidden states, which `F.linear` may run as a
-    batched matmul over a copy of the weight per row: 0.3 s at batch 128 for a 49k vocabulary against 25 ms as one
-    matmul, and 0.43 s for the shared prefix's single row through Qwen's 152k-token head in bf16."""
+    """The lm_head's input as one contiguous 2-D matrix while generating (`scans.models.loading.flat_head_input`):
+    with `logits_to_keep=1` the head gets a strided (B, 1, d) slice of the hidden states, in any precision."""
     head = model.get_output_embeddings()
-    if head is None:
-        yield
-        return
-    shapes = []
-
-    def flatten(_, args):
-        x = args[0]
-        shapes.append(x.shape[:-1])
-        return (x.reshape(-1, x.shape[-1]).contiguous(), *args[1:])
-
-    def restore(_, args, out):
-        return out.view(*shapes.pop(), out.shape[-1])
-
-    handles = [head.register_forward_pre_hook(flatten), head.register_forward_hook(restore)]
+    handles = [] if head is None else flat_head_input(head)
     try:
         yield
     finally:
