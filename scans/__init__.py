@@ -1,6 +1,6 @@
 """scans: a reproducible pipeline for SCANS (Cao et al., AAAI 2025)."""
 
-__version__ = "0.1.0"
+from scans.version import __version__
 
 # The Python API (scans/api.py), imported on first use so that `import scans` and the CLI stay light.
 _API = ("HarmScores", "ScansModel", "Vectors", "load", "wrap")

@@ -29,10 +29,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from scans.cli import CONFIG_DIR
+from scans import methods
+from scans.artifacts import load_tensors, save_tensors
+from scans.config import CONFIG_DIR
 from scans.errors import ConfigError, DataError, ModelError
+from scans.methods import Default
+from scans.methods.scans import query_similarities
+from scans.models import decoder_layers, encode, make_chat_format
 from scans.models.loading import LoadedModel, prepare_tokenizer
+from scans.stages import extract
 from scans.stages.context import Run
+from scans.stages.steer import decoding
+from scans.steering import generate
+from scans.steering.vectors import steering_vectors
+from scans.validation import validate
 
 FORMAT = "scans.api.vectors/1"  # the `format` metadata of a saved vectors file
 ROW = "scans_paper"  # configs/method/scans_paper.yaml: SCANS with the config's α, layers, 𝓛 and 𝒯
@@ -64,8 +74,6 @@ def compose_config(model: str, overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-
-    from scans.config import validate
 
     overrides = _override_list(overrides)
     known = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
@@ -153,8 +161,6 @@ def wrap(
     saved vectors (default: the model's `name_or_path`). The tokenizer is set to pad on the left (with EOS where it
     has no pad token), as the pipeline's batches need.
     """
-    from scans.models import decoder_layers, make_chat_format
-
     chat = make_chat_format(chat_format, tokenizer, system_prompt)
     n_layers = len(decoder_layers(model))
     name = name or getattr(model.config, "name_or_path", None) or model.config.model_type
@@ -207,16 +213,12 @@ class ScansModel:
         return self.run.model_name
 
     def _resolve(self):
-        from scans import methods
-
         self.run.methods_cache.pop(ROW, None)
         return methods.load(self.run, ROW)
 
     def configure(self, **settings) -> ScansModel:
         """Change SCANS settings, by the paper's names: `alpha`, `steer_layers` ("a-b" or a list), `classify_layers`
         (𝓛), `threshold` (𝒯), `positions`, `normalize`, `response`. Checked as the command line checks them."""
-        from scans.config import validate
-
         unknown = sorted(set(settings) - set(SETTINGS))
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
@@ -235,8 +237,6 @@ class ScansModel:
     def fit(self, harmful: Sequence[str], benign: Sequence[str]) -> Vectors:
         """Eq. 1 (mean last-token state of the harmful prompts minus that of the benign ones, per layer) and Eq. 3
         (the mean transition of the harmful prompts), exactly as the `extract` stage computes them from its anchors."""
-        from scans.stages import extract
-
         ref = extract.reference(self.run, _prompt_list(harmful, "harmful"), _prompt_list(benign, "benign"))
         self.vectors = Vectors(ref.vectors, ref.direction)
         return self.vectors
@@ -249,14 +249,10 @@ class ScansModel:
     @property
     def refusal_vectors(self) -> torch.Tensor:
         """The vectors steering adds (L, D): the mean difference, unit-norm per layer when `normalize`."""
-        from scans.stages import extract
-
-        return extract.steering_vectors(self._fitted().mean_difference, self.method.normalize)
+        return steering_vectors(self._fitted().mean_difference, self.method.normalize)
 
     def classify(self, queries: Sequence[str]) -> HarmScores:
         """σ(q) of each query (Eqs. 2-5), as the SCANS rows classify a prompt set (`classify.batch_size`)."""
-        from scans.methods.scans import query_similarities
-
         texts = _prompt_list(queries, "queries")
         sims = query_similarities(self.run, texts, self._fitted().harm_direction, self.method.response)
         return HarmScores(sims, self.method.similarities(sims), self.method.signs(sims))
@@ -265,11 +261,6 @@ class ScansModel:
         """Greedy responses with the `generation` decoding (repetition penalty, batch size, `max_new_tokens` unless
         given). `steer=True`: SCANS, each query steered by σ(q)·α·v on the steering layers from its end of instruction
         on (Eq. 6, the steer stage's path); `steer=False`: the model as it is (the Default row)."""
-        from scans.methods import Default
-        from scans.models import encode
-        from scans.stages.steer import decoding
-        from scans.steering import generate
-
         texts = _prompt_list(queries, "queries")
         encoded = [encode(self.lm.chat, q) for q in texts]
         dec = decoding(self.run, max_new_tokens)
@@ -304,8 +295,6 @@ class ScansModel:
         """Write the vectors (the `extract` stage's tensors: `mean_difference`, `harm_direction`) with the model they
         belong to and the settings to reuse them (α, steering layers, 𝓛, 𝒯, positions, normalize, response) as
         safetensors metadata. The write is atomic."""
-        from scans.artifacts import save_tensors
-
         v = self._fitted()
         meta = {"format": FORMAT, **{k: str(x) for k, x in self._identity().items()}}
         meta["settings"] = json.dumps(self._settings())
@@ -320,8 +309,6 @@ class ScansModel:
         another name or type, unless `check_model=False` (the same weights under another name).
         """
         from safetensors import safe_open
-
-        from scans.artifacts import load_tensors
 
         path = Path(path)
         if not path.is_file():

@@ -23,14 +23,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from scans import __version__
-from scans.errors import ArtifactError, MissingArtifactError
+from scans.errors import ArtifactError
+from scans.version import __version__
 
 PROVENANCE = "provenance.json"
 
@@ -252,12 +252,6 @@ class ArtifactStore:
     def is_complete(self, model: str, stage: str, key: str) -> bool:
         return (self.path(model, stage, key) / PROVENANCE).is_file()
 
-    def require(self, model: str, stage: str, key: str, hint: str) -> Path:
-        path = self.path(model, stage, key)
-        if not (path / PROVENANCE).is_file():
-            raise MissingArtifactError(f"no {stage} artifact at {path}; run `{hint}` first")
-        return path
-
     def lock(self, model: str, stage: str, key: str):
         """An inter-process lock on one artifact (`<root>/.locks/<model>/<stage>/<key>.lock`, apart from the artifact
         folders): parallel jobs of a multirun that need the same missing artifact build it once, and none sees it
@@ -267,6 +261,37 @@ class ArtifactStore:
         path = self.root / ".locks" / model / stage / f"{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(str(path))
+
+    def obtain(self, model: str, stage: str, key: str, build: Callable[[Path], Mapping[str, Any] | None]) -> Path:
+        """The folder of a complete artifact. A missing one is built by `build(tmp)`, which writes its files into the
+        temporary folder and returns the provenance fields to record, under the artifact's lock, with completeness
+        checked again inside it: a job that waited for another building the same artifact reads it, never builds it."""
+        path = self.path(model, stage, key)
+        if self.is_complete(model, stage, key):
+            return path
+        with self.lock(model, stage, key):
+            if not self.is_complete(model, stage, key):
+                provenance: dict[str, Any] = {}
+                with self._writing(model, stage, key, provenance) as tmp:
+                    provenance.update(build(tmp) or {})
+        return path
+
+    @contextmanager
+    def building(self, model: str, stage: str, keys: Iterable[str]) -> Iterator[list[str]]:
+        """Several artifacts built together (one generation for many response sets): the locks of the missing ones,
+        taken in a fixed order, and, inside them, the keys still missing; each is then written with `write`."""
+        missing = sorted({k for k in keys if not self.is_complete(model, stage, k)})
+        with ExitStack() as stack:
+            for k in missing:
+                stack.enter_context(self.lock(model, stage, k))
+            yield [k for k in missing if not self.is_complete(model, stage, k)]
+
+    @contextmanager
+    def write(self, model: str, stage: str, key: str, provenance: Mapping[str, Any]) -> Iterator[Path]:
+        """Write one artifact whose lock the caller holds (`building`): files into the yielded temporary folder,
+        provenance last, then the rename."""
+        with self._writing(model, stage, key, provenance) as tmp:
+            yield tmp
 
     def cached(
         self,
@@ -280,16 +305,12 @@ class ArtifactStore:
         """The JSON `result` of a complete artifact; otherwise `build(tmp)` writes any further files into the
         temporary folder and returns the result, which is written beside them before the folder is renamed. Under
         the artifact's lock: a job that waited for another building the same artifact reads it, never builds it."""
-        path = self.path(model, stage, key)
-        if self.is_complete(model, stage, key):
-            return read_json(path / result)
-        with self.lock(model, stage, key):
-            if self.is_complete(model, stage, key):
-                return read_json(path / result)
-            with self._writing(model, stage, key, provenance or {}) as tmp:
-                out = build(tmp)
-                write_json(tmp / result, out)
-        return out
+
+        def write_result(tmp: Path) -> Mapping[str, Any]:
+            write_json(tmp / result, build(tmp))
+            return provenance or {}
+
+        return read_json(self.obtain(model, stage, key, write_result) / result)
 
     @contextmanager
     def writing(self, model: str, stage: str, key: str, provenance: Mapping[str, Any]) -> Iterator[Path]:

@@ -9,10 +9,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from scans.config import validate
+from scans.config import CONFIG_DIR
 from scans.errors import ScansError
+from scans.stages import Run, run_stage
+from scans.validation import validate
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 log = logging.getLogger("scans")
 
 
@@ -39,8 +40,6 @@ def check_group_choices(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
-    from scans.stages import Run, run_stage
-
     try:
         validate(cfg)
         run_stage(cfg.stage, Run(cfg))

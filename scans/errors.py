@@ -19,7 +19,3 @@ class ModelError(ScansError):
 
 class ArtifactError(ScansError):
     """An artifact that a stage needs is missing or damaged."""
-
-
-class MissingArtifactError(ArtifactError):
-    """An artifact a stage needs has not been built yet (as opposed to one that is there but damaged)."""

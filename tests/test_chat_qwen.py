@@ -17,11 +17,11 @@ from conftest import DEVICE
 from omegaconf import OmegaConf
 from test_steering import assert_steering_only_from_instruction_end
 
-from scans.methods.base import insert_encoded
 from scans.models import LoadedModel, encode, make_chat_format
 from scans.models.chat import tokenize
 from scans.models.loading import prepare_tokenizer
 from scans.steering import DecodingConfig, Steering, generate
+from scans.steering.intervention import insert_encoded
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."

@@ -9,11 +9,11 @@ import torch
 from conftest import DEVICE
 from test_methods import QUERIES, _interventions
 
-from scans.methods.base import Row
 from scans.models import encode
 from scans.steering import DecodingConfig, Steering, generate
 from scans.steering import engine as engine_lib
 from scans.steering.engine import common_prefix
+from scans.steering.intervention import Row
 
 KINDS = ["default", "steering", "insertion", "self_cd", "safedecoding", "soft_prompt", "ablation"]
 
@@ -119,7 +119,7 @@ def test_an_unknown_engine_is_a_config_error(tiny_lm):
 def test_steering_that_differs_only_in_alpha_is_generated_together():
     """SCANS rows that differ in α alone act alike given the per-row coefficients, so a grid over α shares one
     generation (`steer.respond_jobs`); other layers, positions or vectors do not, nor two other interventions."""
-    from scans.methods.base import Intervention
+    from scans.steering.intervention import Intervention
 
     v = torch.randn(2, 8)
     assert Steering(v, [0, 1], 2.0).acts_like(Steering(v.clone(), [0, 1], 8.0))

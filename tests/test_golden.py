@@ -23,9 +23,9 @@ import torch
 from authors import after_position, marker_end
 from conftest import DEVICE, tiny_llama
 
-from scans.methods.base import Row
 from scans.models.chat import Llama2Format, TokenizerTemplateFormat, encode
 from scans.steering import Steering, pad_left, steering, steering_starts
+from scans.steering.intervention import Row
 
 LAYERS = (0, 2)  # of 3: a block in between is left alone
 QUERIES = [

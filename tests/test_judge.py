@@ -360,8 +360,8 @@ def test_a_judge_trained_on_a_reported_set_may_count_refusals_but_not_make_choic
     from hydra import compose, initialize_config_dir
 
     from scans.cli import CONFIG_DIR
-    from scans.config import validate
     from scans.errors import ConfigError
+    from scans.validation import validate
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         counting = compose("config", overrides=["judge=xstest_learned"])

@@ -115,9 +115,9 @@ def test_the_loaded_weights_are_the_commit_the_keys_hold(tmp_path, monkeypatch):
     (refs / "main").write_text("b" * 40)  # main moves on
     loaded = []
     monkeypatch.setattr(context, "_MODELS", {})
-    monkeypatch.setattr("scans.models.load_model", lambda cfg, cache_dir=None: loaded.append(cfg.source.revision))
+    monkeypatch.setattr(context, "load_model", lambda cfg, cache_dir=None, location=None: loaded.append(location))
     r.lm
-    assert loaded == ["a" * 40]
+    assert [location.kwargs["revision"] for location in loaded] == ["a" * 40]
 
 
 def test_an_unresolvable_branch_asks_for_a_commit(tmp_path, monkeypatch):

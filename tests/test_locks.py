@@ -4,8 +4,13 @@ reader never finds a finished artifact missing or half replaced while another jo
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+from conftest import DEVICE
 
 from scans.artifacts import ArtifactStore, read_json, write_json
 from scans.errors import ArtifactError
@@ -83,3 +88,53 @@ def test_a_reader_never_sees_a_finished_artifact_vanish_while_others_write_it(tm
     first = read_json(store.path("m", "stage", "k") / "provenance.json")["writer"]
     assert first in ("a", "b")  # the first writer's folder stays; the later writes of the same key are dropped
     assert [p.name for p in (tmp_path / "art" / "m" / "stage").iterdir()] == ["k"]
+
+
+# Two `stage=steer` jobs on one empty artifact store, each recording every artifact it writes (in `_writing`, the
+# one place a folder is written), slowed down inside the write so that the jobs overlap.
+RECORDER = r"""
+import os, sys, time
+from scans.artifacts import ArtifactStore
+_writing = ArtifactStore._writing
+
+def recorded(self, model, stage, key, provenance):
+    with open(os.environ["SCANS_TEST_WRITES"], "a") as fh:
+        fh.write(f"{stage}/{key}\n")
+    time.sleep(0.2)
+    return _writing(self, model, stage, key, provenance)
+
+ArtifactStore._writing = recorded
+from scans.cli import main
+main()
+"""
+
+
+def test_two_steer_jobs_on_an_empty_store_build_each_shared_artifact_once(tiny_model_dir, data_dir, tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    writes = tmp_path / "writes.txt"
+    env = dict(os.environ, SCANS_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", SCANS_TEST_WRITES=str(writes))
+    args = [
+        "model=local", f"model.source.path={tiny_model_dir}", "model.num_layers=2", f"model.device={DEVICE}",
+        "model.hparams.steer_layers=0-1", "model.hparams.classify_layers=0-1", "model.hparams.threshold=0.5",
+        "experiment=smoke", "model.dtype=float32", "generation.max_new_tokens=4", "methods=[default,scans_paper]",
+        f"paths.artifacts={tmp_path / 'artifacts'}", "stage=steer",
+    ]  # fmt: skip
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RECORDER, *args, f"hydra.run.dir={tmp_path / f'out{i}'}"],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    logs = [job.communicate(timeout=300)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    built = writes.read_text().split()
+    stages = {b.split("/")[0] for b in built}
+    assert {"extract", "classify", "responses"} <= stages  # vectors, σ(q)'s similarities, both rows' responses
+    assert len(built) == len(set(built)), sorted(b for b in built if built.count(b) > 1)
+    store = ArtifactStore(tmp_path / "artifacts")
+    assert all(store.is_complete("local", *b.split("/")) for b in built)

@@ -20,7 +20,6 @@ from scans.artifacts import stable_hash
 from scans.cli import CONFIG_DIR
 from scans.errors import ConfigError, ModelError
 from scans.methods.ablation import Ablation, ablated, orthogonalise
-from scans.methods.base import Intervention, insert_encoded, teacher_forced_logits
 from scans.methods.dro import SoftPrompt
 from scans.methods.prompt import Insertion
 from scans.methods.safedecoding import SafeDecodingIntervention, decode_scores
@@ -29,6 +28,7 @@ from scans.models import encode
 from scans.models.chat import tokenize
 from scans.steering import DecodingConfig, Steering, generate, record_layer_outputs
 from scans.steering.batching import pad_left
+from scans.steering.intervention import Intervention, insert_encoded, teacher_forced_logits
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERIES = [
@@ -141,7 +141,7 @@ def test_batched_equals_one_by_one(tiny_lm, kind):
 
 
 def _rows(tiny_lm, queries):
-    from scans.methods.base import Row
+    from scans.steering.intervention import Row
 
     enc = [encode(tiny_lm.chat, q, "Sure, here is the answer") for q in queries]
     width = max(len(e.input_ids) for e in enc)
@@ -198,7 +198,7 @@ def test_self_cd_logits_are_the_contrast_computed_by_hand(tiny_lm):
     # Teacher-forced: the last position of the plain row.
     _, ids, mask, rows = _rows(tiny_lm, QUERIES[:1])
     n = plain.eoi_index + 1
-    from scans.methods.base import Row
+    from scans.steering.intervention import Row
 
     with torch.no_grad():
         got = teacher_forced_logits(iv, tiny_lm.model, ids[:, :n], mask[:, :n], [Row(n - 1, n, rows[0].query_start)])

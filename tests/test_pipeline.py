@@ -231,8 +231,9 @@ def test_new_alpha_reuses_vectors_and_similarities(finished, monkeypatch, tmp_pa
     assert r.extract_key == Run(cfg).extract_key
     name, prompts = next(iter(r.eval_sets.items()))
     new, old = methods.rows(r), methods.rows(Run(cfg))
-    assert steer.key(r, new[1], name, prompts) != steer.key(Run(cfg), old[1], name, prompts)
-    assert steer.key(r, new[0], name, prompts) == steer.key(Run(cfg), old[0], name, prompts)
+    c_new, c_old = (m.coefficients(run, prompts, name) for run, m in ((r, new[1]), (Run(cfg), old[1])))
+    assert steer.key(r, new[1], name, prompts, c_new) != steer.key(Run(cfg), old[1], name, prompts, c_old)
+    assert steer.key(r, new[0], name, prompts, None) == steer.key(Run(cfg), old[0], name, prompts, None)
     monkeypatch.setattr(extract, "harm_reference", lambda *a, **k: pytest.fail("vectors re-extracted"))
     monkeypatch.setattr(classify, "prompt_and_response_states", lambda *a, **k: pytest.fail("similarities recomputed"))
     monkeypatch.setattr(stage_context, "_MODELS", {})  # and no model is needed for either
@@ -368,7 +369,7 @@ def test_tuned_row_is_chosen_on_validation_sets_only(finished, tiny_model_dir, m
 
     classified = [p.name for p in (tmp / "artifacts" / r.model_name / "classify").iterdir()]
     assert not any(n.startswith("validation-") for n in classified)  # subsets reuse the sets' similarities
-    choice = tune.load(r)
+    choice = tune.load(r).record
     assert choice["alpha"] in (1.0, 3.0) and choice["steer_layers"] in ([0, 1], [1])
     assert len(choice["validation"]["per_layer_auroc"]) == 2 and len(choice["validation"]["grid"]) == 4
     run_stage("all", r)

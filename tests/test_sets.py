@@ -10,7 +10,6 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from scans.cli import CONFIG_DIR
-from scans.config import validate_data
 from scans.data import (
     BENIGN,
     HARMFUL,
@@ -24,6 +23,7 @@ from scans.data import (
 from scans.data.catalogue import SETS_DIR, builtin
 from scans.errors import ConfigError, DataError
 from scans.report.table2 import PAPER, layout_of
+from scans.validation import validate_data
 
 
 @pytest.fixture(autouse=True)

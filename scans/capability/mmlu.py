@@ -26,8 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from scans.errors import ConfigError, DataError, ModelError
-from scans.methods.base import Intervention, Row, teacher_forced_logits
+from scans.models.chat import Llama2Format, VicunaFormat
 from scans.models.loading import input_device
+from scans.steering.intervention import Intervention, Row, teacher_forced_logits
 
 log = logging.getLogger(__name__)
 LETTERS = "ABCD"
@@ -147,8 +148,6 @@ def answer_start(tokenizer, context_ids: Sequence[int], context: str) -> tuple[i
 
 def needs_bos(chat) -> bool | None:
     """True for the chat formats whose prompts start with BOS (Llama-2, Vicuna), so MMLU's prompts do too."""
-    from scans.models.chat import Llama2Format, VicunaFormat
-
     return True if isinstance(chat, (Llama2Format, VicunaFormat)) else None
 
 

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from scans.errors import DataError, ModelError
-from scans.methods.base import Intervention, Row, teacher_forced_logits
 from scans.models.chat import ChatFormat, tokenize
 from scans.models.loading import input_device
+from scans.steering.intervention import Intervention, Row, teacher_forced_logits
 
 SENTINEL = "\u0000QUERY\u0000"
 

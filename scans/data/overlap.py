@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from scans.data.catalogue import catalogue, get_eval_set
+from scans.data.fingerprint import files_stamp
+from scans.data.registry import load_prompts
+
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
@@ -110,9 +114,6 @@ _BLOCKLISTS: dict[tuple, Blocklist] = {}
 def blocklist(names: Iterable[str], threshold: float) -> Blocklist:
     """Every prompt of the named sets (whole files, both labels), as one blocklist; built once per process for the
     same sets, threshold and files (the rule is asked for it by every pool it checks)."""
-    from scans.data import load_prompts
-    from scans.data.fingerprint import files_stamp
-
     names = list(dict.fromkeys(names))
     stamps = [files_stamp(n) for n in names]
     key = (tuple(names), float(threshold), tuple(stamps))
@@ -128,8 +129,6 @@ def anchor_matches(cfg, name: str) -> list[str]:
     """For each prompt of a reported file, "exact", "near" or "none": its closest match among the other prompts of
     the rule's sets, its own file included. Only "none" may be drawn as an anchor (what is not drawn is a reported
     test prompt, so an anchor may not have a duplicate there)."""
-    from scans.data import load_prompts
-
     own = [p.text for p in load_prompts(name)]
     others = [n for n in blocked_sets(cfg) if n != name]
     texts = own + [p.text for n in dict.fromkeys(others) for p in load_prompts(n)]
@@ -141,8 +140,6 @@ def blocked_sets(cfg, learned: bool = True) -> list[str]:
     """The sets the rule checks against: `overlap.sets` (every reported and held-back set), and, for a prompt that is
     learnt from (`learned`), the validation split too, so that validation stays unseen. The validation prompts
     themselves are checked with `learned=False`."""
-    from scans.data.catalogue import catalogue, get_eval_set
-
     names = list(cfg.overlap.sets)
     names += [n for n, spec in catalogue().items() if spec.held_back and n not in names]  # held back: never learnt
     # Every evaluated file is a reported one: a set added to data.eval_sets is kept off everything learnt from.

@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from scans.data.labels import BENIGN, HARMFUL, LABELS
+from scans.data.transforms import HUB_TRANSFORMS, TRANSFORMS
 from scans.errors import ConfigError
 
-HARMFUL = "harmful"
-BENIGN = "benign"
-LABELS = (HARMFUL, BENIGN)
 FORMATS = ("csv", "json", "jsonl", "parquet", "text", "json_nested")
 DUPLICATES = ("warn", "error")
 # The eval sets a label-column dataset gets when its entry names none: `<name>_safe` and `<name>_unsafe`.
@@ -76,8 +75,6 @@ class DatasetSpec:
     origin: str = field(default="", compare=False)  # the YAML file (or config key) the entry came from
 
     def __post_init__(self) -> None:
-        from scans.data.transforms import HUB_TRANSFORMS, TRANSFORMS
-
         def bad(message: str) -> ConfigError:
             return ConfigError(f"dataset {self.name!r} ({self.origin or 'entry'}): {message}")
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from scans.data.spec import BENIGN, HARMFUL
+from scans.data.labels import BENIGN, HARMFUL
 from scans.errors import DataError
 
 

@@ -7,6 +7,9 @@ import inspect
 import sys
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
+from scans.artifacts import stable_hash
 from scans.errors import ConfigError
 from scans.judge import agreement as _agreement_module
 from scans.judge import rules as _rules_module
@@ -50,6 +53,15 @@ def judge_flags(name: str, responses: Sequence[str], prompts: Sequence[str] | No
     return [bool(judge(r)) for r in responses]
 
 
+def flags_by_label(name: str, responses: dict[str, list[dict]]) -> dict[str, np.ndarray]:
+    """Judge `name`'s flags of response rows (`prompt`, `response`) per label, with their prompts (a learned judge
+    never judges an answer to a prompt it was trained on)."""
+    return {
+        lab: np.asarray(judge_flags(name, [x["response"] for x in rows], [x["prompt"] for x in rows]), bool)
+        for lab, rows in responses.items()
+    }
+
+
 # Modules whose source a learned judge's verdicts depend on besides its own (its features and its labels).
 _LEARNED_DEPENDENCIES = (_rules_module, _strmatch_module, _agreement_module)
 
@@ -59,7 +71,6 @@ def judge_identity(name: str) -> dict:
     defines it (`rules.py` for the paper's judge: the phrase lists and the matching code), so an edited rule is a
     new key. For a learned judge the hash also covers the modules its features and labels come from, its
     hyperparameters and the fingerprint of its training data."""
-    from scans.artifacts import stable_hash
 
     judge = get_judge(name)
     source = inspect.getsource(sys.modules[judge.__module__])
@@ -80,6 +91,7 @@ __all__ = [
     "SCANS_MATCH_STRINGS",
     "Conditional",
     "agreement",
+    "flags_by_label",
     "get_judge",
     "judge_flags",
     "judge_identity",

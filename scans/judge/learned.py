@@ -44,7 +44,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from scans.data import load_table
+from scans.data import dataset_key, load_table
 from scans.data.overlap import Blocklist
 from scans.judge.agreement import human_refusal
 from scans.judge.rules import is_refusal
@@ -246,8 +246,6 @@ class LearnedJudge:
 
     def identity(self) -> dict:
         """What besides the source identifies this judge: its hyperparameters and its training data."""
-        from scans.data import dataset_key
-
         data = dataset_key(TRAINING_TABLE) if self._table is None else "in-memory table"
         return {"settings": asdict(self.settings), "data": data}
 

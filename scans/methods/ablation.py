@@ -21,16 +21,22 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
-from scans.artifacts import load_tensors, read_json, save_tensors, stable_hash
-from scans.methods.base import Intervention, Method
-from scans.models import decoder_layers
+from scans.artifacts import load_tensors, save_tensors, stable_hash
+from scans.config import parse_layers
+from scans.data import dataset_key, load_prompts
+from scans.methods.base import Intervention, Method, check_disjoint
+from scans.methods.default import Default
+from scans.models import decoder_layers, encode
+from scans.steering import hidden_states
+from scans.steering.tuning import behaviour, select_setting
 
 log = logging.getLogger(__name__)
-STAGE = "prepare"
 DIRECTIONS = "directions.safetensors"
+DIRECTIONS_PART, LAYER_PART = "directions", "layer"
 
 
 def orthogonalise(direction: torch.Tensor, against: torch.Tensor, coefficient: float = 1.0) -> torch.Tensor:
@@ -99,8 +105,6 @@ class FalseRefusalAblation(Method):
         object.__setattr__(self, "candidate_layers", tuple(int(x) for x in self.candidate_layers))
 
     def key(self, run) -> str:
-        from scans.data import dataset_key
-
         s = self.settings()
         for k in ("layer", "candidate_layers"):
             s.pop(k)
@@ -120,34 +124,30 @@ class FalseRefusalAblation(Method):
     def resolve(self, run) -> FalseRefusalAblation:
         if self.layer is not None:
             return self
-        return replace(self, layer=self.choose_layer(run))
+        chosen = replace(self, layer=self.choose_layer(run))
+        object.__setattr__(chosen, "_chosen", True)  # not a setting: its layer came from the validation choice
+        return chosen
 
-    def _choice_key(self, run) -> str:
-        from scans.stages import tune
+    def artifact_key(self, run, part: str) -> str:
+        """The `prepared` artifacts of this method: the directions, and the layer chosen for them."""
+        if part == DIRECTIONS_PART:
+            return f"fr-ablation-{self.key(run)}"
+        return f"fr-ablation-layer-{stable_hash([self.key(run), self.candidate_layers, run.key('tuned')])}"
 
-        return f"fr-ablation-layer-{stable_hash([self.key(run), self.candidate_layers, tune.key(run)])}"
+    def build_artifact(self, run, tmp: Path, part: str) -> dict:
+        return self._build(run, tmp) if part == DIRECTIONS_PART else self._choose(run)
 
     def prepare(self, run) -> dict:
         """The per-layer false-refusal directions (cached), with the layer choice once it is made."""
-        summary = self._directions(run)
-        k = self._choice_key(run)
-        if self.candidate_layers and run.store.is_complete(run.model_name, STAGE, k):
-            choice = read_json(run.store.path(run.model_name, STAGE, k) / "choice.json")
+        summary = run.artifact("prepared", method=self, part=DIRECTIONS_PART).summary
+        if self.candidate_layers and getattr(self, "_chosen", False):  # its layer was chosen on validation: the record
+            choice = run.artifact("prepared", method=self, part=LAYER_PART).summary
             summary = {**summary, "layer": choice["layer"], "choice_seconds": choice.get("seconds", 0.0)}
         return summary
-
-    def _directions(self, run) -> dict:
-        k = f"fr-ablation-{self.key(run)}"
-        return run.store.cached(run.model_name, STAGE, k, lambda tmp: self._build(run, tmp), {"method": self.name})
 
     def _build(self, run, tmp) -> dict:
         """The per-layer directions from the three pools (after the disjointness rule), into `tmp`."""
         start = time.perf_counter()
-        from scans.data import load_prompts
-        from scans.methods.base import check_disjoint
-        from scans.models import encode
-        from scans.steering import hidden_states
-
         rng = random.Random(self.seed)
         pools = {"pseudo_harmful": self.pseudo_harmful, "harmful": self.harmful, "harmless": self.harmless}
         means, summary = {}, {"overlap": {}}
@@ -178,27 +178,20 @@ class FalseRefusalAblation(Method):
         return summary
 
     def directions(self, run) -> torch.Tensor:
-        self._directions(run)
-        path = run.store.path(run.model_name, STAGE, f"fr-ablation-{self.key(run)}")
+        path = run.artifact("prepared", method=self, part=DIRECTIONS_PART).path
         return load_tensors(path / DIRECTIONS)["directions"]
 
     def choose_layer(self, run) -> int:
         """The candidate layer with the least validation benign refusal within the harmful-refusal cap (cached)."""
-        return int(run.store.cached(run.model_name, STAGE, self._choice_key(run), lambda tmp: self._choose(run),
-                                    {"method": self.name}, "choice.json")["layer"])  # fmt: skip
+        return int(run.artifact("prepared", method=self, part=LAYER_PART).summary["layer"])
 
     def _choose(self, run) -> dict:
-        from scans.config import parse_layers
-        from scans.methods import Default
-        from scans.stages import tune
-        from scans.steering.tuning import select_setting
-
         candidates = self.candidate_layers or tuple(parse_layers(f"0-{run.num_layers - 1}", run.num_layers, "layers"))
         start = time.perf_counter()
-        default = tune.validation_behaviour(run, Default())
+        default = behaviour(run.artifact("validation_flags", method=Default()))
         grid = []
         for layer in candidates:
-            rates = tune.validation_behaviour(run, replace(self, layer=layer))
+            rates = behaviour(run.artifact("validation_flags", method=replace(self, layer=layer)))
             grid.append({"alpha": 0.0, "layer": layer, **rates})
             log.info("false-refusal ablation: layer %d -> %s", layer, rates)
         best, cap_met = select_setting(grid, default["harmful"], run.cfg.tune.max_harmful_drop)

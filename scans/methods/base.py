@@ -1,4 +1,5 @@
-"""The method protocol: every row of Tables 2-4 is a `Method`, and every consumer acts through its `Intervention`.
+"""The method protocol: every row of Tables 2-4 is a `Method`, and every consumer acts through its `Intervention`
+(`scans.steering.intervention`, re-exported here).
 
 A method is a named, frozen config (one YAML of `configs/method/`, built with `_target_`):
 
@@ -9,48 +10,79 @@ A method is a named, frozen config (one YAML of `configs/method/`, built with `_
   artifact of its own by the `prepare` stage. Methods with nothing to fit return None.
 - `intervention(run)`: the one object every consumer uses: generation (Table 2, the sweeps, XSum), teacher-forced
   logits (perplexity, MMLU through lm-eval) and cost (Table 4).
+- `coefficients(run, prompts, name)`: one number per query, computed before any batch (SCANS: σ(q)·α); its time
+  is reported apart in Table 4.
 
-A method changes the forward passes in up to four ways, each with a no-op default:
-
-- `coefficients(run, prompts, name)` (on the method): one number per query, computed before any batch (SCANS:
-  σ(q)·α); its time is reported apart in Table 4;
-- `insertion`: token ids inserted at each query's first token (few-shot examples, DRO's soft-prompt slots);
-- `active(model, rows)`: a context manager around every forward pass of a batch (steering hooks, weight edits);
-- `processor(model, batch, rows)`: a logits processor for generation (Self-CD's contrast, SafeDecoding's expert),
-  with `logits(...)` as its teacher-forced counterpart.
+`run` is a `MethodContext`: what a method may ask of a pipeline run. Methods never import the stages; what they read
+from a run (vectors, a tuned choice, validation behaviour) they ask for by name with `run.artifact(name, **inputs)`,
+and the stage layer, which registered the producers of those names, builds what is missing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from scans.artifacts import stable_hash
-from scans.errors import ModelError
-
-PREPARE = "prepare"  # the stage folder of what methods fit or train
+from scans.data.overlap import blocked_sets, rule
+from scans.steering.intervention import (
+    Intervention,
+    Row,
+    forward_logits,
+    gather_positions,
+    insert_encoded,
+    insert_rows,
+    teacher_forced_logits,
+)
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
     from scans.data import Prompt
-    from scans.models.chat import Encoded
-    from scans.stages.context import Run
+    from scans.models import LoadedModel
 
 
-@dataclass(frozen=True)
-class Row:
-    """One row of a batch as an intervention sees it; indices are in the unpadded row."""
+class MethodContext(Protocol):
+    """What a method may ask of a run: the config, the model, layer specs resolved to indices, and artifacts by name.
 
-    eoi_index: int  # end of the instruction (MMLU: the last "\nAnswer:"); steering starts here
-    length: int  # unpadded length (prompt only, during generation)
-    query_start: int | None = None  # first token of the query, where insertions go
-    coefficient: float = 0.0  # this row's value of `coefficients`
-    offset: int = 0  # the column of the row's index 0 in the forward pass that holds its prompt (left padding)
+    `artifact(name, **inputs)` returns the named artifact (built first, once, when missing); `key(name, **inputs)` its
+    key alone, computed without a forward pass, a fit or a model load (a method's `upstream`). The names are those
+    the stages register (`scans.stages.producers`): `vectors`, `tuned`, `similarities`, `classifier`,
+    `classifier_scores`, `prepared`, `validation_flags`."""
+
+    cfg: DictConfig
+    methods_cache: dict
+    interventions_cache: dict
+
+    @property
+    def lm(self) -> LoadedModel: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def model_identity(self) -> dict: ...
+
+    @property
+    def fit_judge_identity(self) -> dict: ...
+
+    @property
+    def decoding_identity(self) -> dict: ...
+
+    @property
+    def num_layers(self) -> int: ...
+
+    def layers_of(self, spec, key: str = "steer.layers") -> list[int]: ...
+
+    def artifact(self, name: str, /, **inputs) -> Any: ...
+
+    def key(self, name: str, /, **inputs) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -67,21 +99,21 @@ class Method:
     def slug(self) -> str:
         return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
 
-    def resolve(self, run: Run) -> Method:
+    def resolve(self, run: MethodContext) -> Method:
         return self
 
-    def upstream(self, run: Run) -> dict:
+    def upstream(self, run: MethodContext) -> dict:
         """Keys of the artifacts this method reads (vectors, an adapter, a soft prompt)."""
         return {}
 
-    def prepare(self, run: Run) -> Any:
+    def prepare(self, run: MethodContext) -> Any:
         """Fit or train what the method needs, as a cached artifact; None when there is nothing to fit."""
         return None
 
-    def intervention(self, run: Run) -> Intervention:
+    def intervention(self, run: MethodContext) -> Intervention:
         return Intervention()
 
-    def coefficients(self, run: Run, prompts: Sequence[Prompt], name: str | None) -> torch.Tensor | None:
+    def coefficients(self, run: MethodContext, prompts: Sequence[Prompt], name: str | None) -> torch.Tensor | None:
         """One number per query, or None. `name` is the set's name, under which per-query inputs may be cached;
         None computes them afresh (the cost stage times this)."""
         return None
@@ -95,7 +127,8 @@ class Method:
 
 
 class Trained:
-    """A method whose `prepare` trains one artifact (`prepare/<prefix>-<training key>/`), or reads one given by path.
+    """A method whose `prepare` trains one artifact (`prepare/<prefix>-<training key>/`, the `prepared` artifact), or
+    reads one given by path.
 
     The class sets `prefix` and implements `training_key(run)`, `given()` (the path a user supplied, or None) and
     `build(run, tmp)` (train, write files into `tmp`, return the summary)."""
@@ -105,23 +138,26 @@ class Trained:
     def given(self) -> str | None:
         return None
 
-    def upstream(self, run: Run) -> dict:
+    def upstream(self, run: MethodContext) -> dict:
         return {"given": self.given()} if self.given() else {self.prefix: self.training_key(run)}
 
-    def artifact_dir(self, run: Run):
-        return run.store.path(run.model_name, PREPARE, f"{self.prefix}-{self.training_key(run)}")
+    def artifact_key(self, run: MethodContext, part: str | None = None) -> str:
+        return f"{self.prefix}-{self.training_key(run)}"
 
-    def prepare(self, run: Run) -> dict:
+    def build_artifact(self, run: MethodContext, tmp: Path, part: str | None = None) -> dict:
+        return self.build(run, tmp)
+
+    def artifact_dir(self, run: MethodContext) -> Path:
+        return run.artifact("prepared", method=self).path
+
+    def prepare(self, run: MethodContext) -> dict:
         if self.given():
             return {"given": self.given()}
-        key = f"{self.prefix}-{self.training_key(run)}"
-        return run.store.cached(run.model_name, PREPARE, key, lambda tmp: self.build(run, tmp), {"method": self.name})
+        return run.artifact("prepared", method=self).summary
 
 
-def check_disjoint(run, texts: list[str], what: str) -> dict:
+def check_disjoint(run: MethodContext, texts: list[str], what: str) -> dict:
     """The disjointness rule over prompts a method learns from; returns the counts and the removed prompts."""
-    from scans.data.overlap import blocked_sets, rule
-
     result = rule(run.cfg).check(texts)
     return {
         "what": what, **result.counts(), "threshold": float(run.cfg.overlap.near_duplicate),
@@ -132,115 +168,23 @@ def check_disjoint(run, texts: list[str], what: str) -> dict:
     }  # fmt: skip
 
 
-def method_key(run: Run, method: Method, inputs: dict | None = None) -> str:
+def method_key(run: MethodContext, method: Method, inputs: dict | None = None) -> str:
     """The artifact key of a method's outputs: model, settings (or `inputs`) and upstream artifacts."""
     settings = method.settings() if inputs is None else inputs
     return stable_hash({"model": run.model_identity, "settings": settings, "upstream": method.upstream(run)})
 
 
-class Intervention:
-    """No intervention: the model as it is (the Default row). Subclasses override what they change."""
-
-    insertion: tuple[int, ...] = ()  # token ids inserted at every query's start
-    passes: int = 1  # forward passes per decoding step (reported with Table 4)
-
-    @contextmanager
-    def active(self, model, rows: Sequence[Row]) -> Iterator[None]:
-        """Hooks or weight edits around every forward pass of one batch (rows in batch order)."""
-        yield
-
-    def untouched_prefix(self, rows: Sequence[Row]) -> int:
-        """How many leading tokens of every row (unpadded indices) the intervention leaves as they are, so that the
-        engine may compute their KV cache once, without it: all of them when `active` is not overridden, none for
-        an override that does not say."""
-        return 1 << 30 if type(self).active is Intervention.active else 0
-
-    def acts_like(self, other: Intervention) -> bool:
-        """Whether `other` changes the forward passes exactly as this one does for the same per-row coefficients, so
-        that their rows may share one batch (SCANS rows that differ in α alone). By default only itself."""
-        return other is self
-
-    def compactable(self) -> bool:
-        """Whether the engine may drop finished rows from a batch mid-generation. It may when nothing holds per-row
-        state: no override of `active` (or one whose context yields an object with `select(keep)`, told which rows
-        remain, or whose per-row state only acts on the prompt's pass), no processor, no companion rows."""
-        base = Intervention
-        return all(getattr(type(self), f) is getattr(base, f) for f in ("active", "processor", "companions"))
-
-    def processor(self, model, attention_mask: torch.Tensor, rows: Sequence[Row]):
-        """A logits processor for generation over this batch, or None."""
-        return None
-
-    def companions(self, prompts: Sequence[Encoded]) -> list[Encoded]:
-        """Extra rows generated in the same batch, ahead of the rows themselves (Self-CD's second pass)."""
-        return []
-
-    def logits(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
-        """Teacher-forced next-token logits (B, T, V) of right-padded rows, as generation would score them."""
-        with self.active(model, rows):
-            return forward_logits(model, input_ids, attention_mask)
-
-
-def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """One plain forward pass of right-padded rows (no mask when nothing is padded, as lm-eval calls the model)."""
-    return model(input_ids=input_ids, attention_mask=None if bool(attention_mask.all()) else attention_mask).logits
-
-
-# Insertion: the same tokens go in at each row's query start, in generation and in teacher-forced scoring alike.
-
-
-def insert_encoded(enc: Encoded, ids: Sequence[int]) -> Encoded:
-    """`enc` with `ids` inserted before the query's first token (end of instruction shifted accordingly)."""
-    if not ids:
-        return enc
-    if enc.query_start is None:
-        raise ModelError(
-            "this method inserts text before the query, but the chat format's tokens before the query are not a "
-            "prefix of the prompt's tokens, so the query's first token cannot be located"
-        )
-    qs = enc.query_start
-    return dataclasses.replace(
-        enc, input_ids=[*enc.input_ids[:qs], *ids, *enc.input_ids[qs:]], eoi_index=enc.eoi_index + len(ids)
-    )
-
-
-def insert_rows(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[Row], ids: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor, list[Row], torch.Tensor]:
-    """Right-padded rows with `ids` inserted at each row's query start.
-
-    Returns the new ids and mask (B, T + S), the shifted rows, and for every original position j the position of the
-    new sequence whose logits predict the same next token (B, T): j before the query, j + S from its last
-    preceding token on. Gathering the new logits there gives logits aligned with the original rows.
-    """
-    n = len(ids)
-    b, t = input_ids.shape
-    index = torch.arange(t).repeat(b, 1)
-    if n == 0:
-        return input_ids, attention_mask, list(rows), index
-    extra = torch.tensor(list(ids), dtype=input_ids.dtype, device=input_ids.device)
-    new_ids, new_mask, new_rows = [], [], []
-    for i, row in enumerate(rows):
-        if row.query_start is None:
-            raise ModelError("this method inserts text before the query, but a row has no query start")
-        qs = row.query_start
-        new_ids.append(torch.cat([input_ids[i, :qs], extra, input_ids[i, qs:]]))
-        new_mask.append(torch.cat([attention_mask[i, :qs], torch.ones_like(extra), attention_mask[i, qs:]]))
-        new_rows.append(dataclasses.replace(row, eoi_index=row.eoi_index + n, length=row.length + n))
-        index[i, max(qs - 1, 0) :] += n
-    return torch.stack(new_ids), torch.stack(new_mask), new_rows, index.to(input_ids.device)
-
-
-def gather_positions(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """logits (B, T', V) read at positions index (B, T) -> (B, T, V)."""
-    return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
-
-
-def teacher_forced_logits(
-    intervention: Intervention, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[Row]
-) -> torch.Tensor:
-    """The logits every teacher-forced consumer (perplexity, MMLU) reads: insertion, then the method's forward
-    pass, aligned back to the original rows' positions."""
-    ids, mask, new_rows, index = insert_rows(input_ids, attention_mask, rows, intervention.insertion)
-    out = intervention.logits(model, ids, mask, new_rows)
-    return out if not intervention.insertion else gather_positions(out, index)
+__all__ = [
+    "Intervention",
+    "Method",
+    "MethodContext",
+    "Row",
+    "Trained",
+    "check_disjoint",
+    "forward_logits",
+    "gather_positions",
+    "insert_encoded",
+    "insert_rows",
+    "method_key",
+    "teacher_forced_logits",
+]

@@ -30,8 +30,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from scans.artifacts import load_tensors, save_tensors, stable_hash
+from scans.data import dataset_key, load_prompts
 from scans.errors import ModelError
-from scans.methods.base import Intervention, Method, Row, Trained
+from scans.judge import get_judge
+from scans.methods.base import Intervention, Method, Row, Trained, check_disjoint, insert_encoded
+from scans.models import encode
+from scans.models.chat import tokenize
+from scans.steering import DecodingConfig, generate
+from scans.steering.batching import pad_left
 
 log = logging.getLogger(__name__)
 SOFT_PROMPT = "soft_prompt.safetensors"
@@ -109,8 +115,6 @@ class DRO(Trained, Method):
     prefix = "dro"
 
     def training_key(self, run) -> str:
-        from scans.data import dataset_key
-
         s = self.settings()
         s.pop("soft_prompt")
         return stable_hash(
@@ -131,8 +135,6 @@ class DRO(Trained, Method):
         return Path(self.soft_prompt) if self.soft_prompt else self.artifact_dir(run) / SOFT_PROMPT
 
     def placeholder(self, run) -> list[int]:
-        from scans.models.chat import tokenize
-
         return tokenize(run.lm.tokenizer, self.init_prompt + self.separator)
 
     def build(self, run, tmp: Path) -> dict:
@@ -148,8 +150,6 @@ class DRO(Trained, Method):
 
     def _states(self, run, rows: list[list[int]], soft: torch.Tensor | None, spans: list[int], grad: bool):
         """Final-layer states (normed) at each row's last token, with the soft prompt at the given span starts."""
-        from scans.steering.batching import pad_left
-
         lm = run.lm
         batch = pad_left(rows, lm.device)
         embeds = lm.model.get_input_embeddings()(batch.input_ids)
@@ -169,12 +169,6 @@ class DRO(Trained, Method):
     def _train(self, run) -> tuple[torch.Tensor, dict]:
         from sklearn.decomposition import PCA
         from sklearn.linear_model import LogisticRegression
-
-        from scans.data import load_prompts
-        from scans.judge import get_judge
-        from scans.methods.base import check_disjoint, insert_encoded
-        from scans.models import encode
-        from scans.steering import DecodingConfig, generate
 
         lm = run.lm
         rng = random.Random(self.seed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scans.errors import DataError
 from scans.methods.base import Intervention, Method, check_disjoint
 from scans.models.chat import tokenize
 
@@ -38,8 +39,6 @@ class FewShot(Method):
         return f"{self.instruction}\n\n{shots}\n\n{self.query_prefix}"
 
     def prepare(self, run) -> dict:
-        from scans.errors import DataError
-
         report = check_disjoint(run, [q for q, _ in self.examples], "few-shot examples")
         if report["exact"] or report["near_duplicate"]:
             bad = [m[0] for m in report["exact_matches"] + report["near_duplicates"]]

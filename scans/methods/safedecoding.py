@@ -25,8 +25,13 @@ import torch
 from transformers import LogitsProcessor
 
 from scans.artifacts import stable_hash, write_jsonl
+from scans.data import dataset_key, load_prompts
 from scans.errors import ModelError
-from scans.methods.base import Intervention, Method, Row, Trained, forward_logits
+from scans.judge import get_judge
+from scans.methods.base import Intervention, Method, Row, Trained, check_disjoint, forward_logits
+from scans.models import encode
+from scans.organism import HELPFUL, Example, TrainConfig, train
+from scans.steering.batching import pad_left
 
 log = logging.getLogger(__name__)
 ADAPTER = "adapter"
@@ -144,8 +149,6 @@ class SafeDecoding(Trained, Method):
         return s
 
     def training_key(self, run) -> str:
-        from scans.data import dataset_key
-
         return stable_hash(
             {
                 "model": run.model_identity,
@@ -164,9 +167,6 @@ class SafeDecoding(Trained, Method):
 
     def build(self, run, tmp: Path) -> dict:
         """Answer the seeds, keep the refusals, train the LoRA; the adapter and its data go into `tmp`."""
-        from scans.data import load_prompts
-        from scans.methods.base import check_disjoint
-
         start = time.perf_counter()
         seeds = [p.text for p in load_prompts(self.seed_set)]
         overlap = check_disjoint(run, seeds, f"{self.seed_set} seed queries")
@@ -188,10 +188,6 @@ class SafeDecoding(Trained, Method):
     @torch.no_grad()
     def _self_refusals(self, run, seeds: list[str]) -> list[tuple[str, str]]:
         """Sampled answers of the model to the seeds; the refusals (as the judge says), `trials` per seed."""
-        from scans.judge import get_judge
-        from scans.models import encode
-        from scans.steering.batching import pad_left
-
         judge = get_judge(run.cfg.judge.fit)
         lm = run.lm
         torch.manual_seed(self.seed)
@@ -214,8 +210,6 @@ class SafeDecoding(Trained, Method):
 
     def _train(self, run, data: list[tuple[str, str]]):
         from peft import LoraConfig, get_peft_model
-
-        from scans.organism import HELPFUL, Example, TrainConfig, train
 
         torch.manual_seed(self.seed)
         config = LoraConfig(

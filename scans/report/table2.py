@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from scans.data import BENIGN, HARMFUL, EvalSet
+from scans.data import BENIGN, HARMFUL, EvalSet, get_eval_set
 from scans.errors import ConfigError
 from scans.report.uncertainty import interval, paired_bootstrap, wilson
 
@@ -60,8 +60,6 @@ def layout(sets: Sequence[EvalSet]) -> Layout:
 
 def layout_of(names: Sequence[str]) -> Layout:
     """The layout for evaluation sets given by name (`data.eval_sets`, `sweep.sets`)."""
-    from scans.data import get_eval_set
-
     return layout([get_eval_set(n) for n in names])
 
 

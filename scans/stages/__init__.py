@@ -24,7 +24,7 @@ from scans.stages import (
     sweep,
     tune,
 )
-from scans.stages.context import PRODUCERS, Run
+from scans.stages.context import Run
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ STAGES: dict[str, Callable[[Run], object]] = {
     "sweeps": sweep.run_all,
     "export": export.run,
 }
-PRODUCERS.update(STAGES)
 PIPELINE = (
     "align", "extract", "anchor", "classify", "tune", "prepare", "analyze", "steer", "judge", "capability", "cost",
     "sweeps", "report",

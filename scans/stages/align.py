@@ -16,8 +16,8 @@ from scans.artifacts import read_json, read_jsonl, stable_hash, write_json, writ
 from scans.data import dataset_key, load_prompts
 from scans.data.overlap import Blocklist, blocked_sets, rule
 from scans.judge import get_judge
-from scans.models import encode, load_model
-from scans.models.loading import resolve_device
+from scans.models import encode, load_model, sources
+from scans.models.precision import resolve_device
 from scans.organism import (
     HELPFUL,
     REFUSAL,
@@ -33,12 +33,14 @@ from scans.organism import (
     with_refusals,
 )
 from scans.stages.context import Run
+from scans.stages.producers import produces
 from scans.steering import DecodingConfig, generate
 
 log = logging.getLogger(__name__)
 STAGE = "align"
 MODEL_DIR = "model"
 SUMMARY = "summary.json"
+ANSWERS = "answers.jsonl"
 REFUSAL_SOURCE = "safety_tuned_llamas"
 
 
@@ -57,18 +59,19 @@ def _align_settings(r: Run) -> dict:
 def settings(r: Run) -> dict:
     a = _align_settings(r)
     blocked = _blocked(r)
-    sources = [*a["harmful"], "alpaca", *blocked]
+    data_sources = [*a["harmful"], "alpaca", *blocked]
     base = r.cfg.model.base
+    described = OmegaConf.to_container(
+        OmegaConf.create({k: base[k] for k in ("dtype", "chat_format", "system_prompt")}), resolve=True
+    )
     return {
-        "base": OmegaConf.to_container(
-            OmegaConf.create({k: base[k] for k in ("source", "dtype", "chat_format", "system_prompt")}), resolve=True
-        ),
+        "base": {"source": sources.get(base.source.kind).identity(base), **described},
         "align": a,
         "blocked": blocked,
         "near_duplicate": float(r.cfg.overlap.near_duplicate),
         "judge": r.fit_judge_identity,
         "repetition_penalty": float(r.cfg.generation.repetition_penalty),  # the base model's answers
-        "data": {name: dataset_key(name) for name in sources},
+        "data": {name: dataset_key(name) for name in data_sources},
     }
 
 
@@ -82,7 +85,8 @@ def _blocked(r: Run) -> list[str]:
 
 
 def model_path(r: Run) -> Path:
-    return r.store.path(r.model_name, STAGE, key(r)) / MODEL_DIR
+    """The organism's transformers folder, built first when missing."""
+    return r.artifact("organism")
 
 
 def _harmful_examples(r: Run, blocked: Blocklist, rng: random.Random) -> tuple[list[Example], dict]:
@@ -127,41 +131,59 @@ def _benign_prompts(r: Run, blocked: Blocklist, rng: random.Random) -> tuple[lis
     return similar, chosen, report
 
 
+def _decoding(r: Run) -> DecodingConfig:
+    b = r.cfg.align.benign
+    return DecodingConfig(b.answer_tokens, r.cfg.generation.repetition_penalty, b.batch_size)
+
+
+def _answers_key(r: Run, prompts: list[str], **_) -> str:
+    return "answers-" + stable_hash(
+        {"base": settings(r)["base"], "prompts": prompts, "decoding": _decoding(r).__dict__}
+    )
+
+
+def _load_answers(r: Run, path: Path, **_) -> list[str]:
+    return [row["answer"] for row in read_jsonl(path / ANSWERS)]
+
+
+@produces("base_answers", STAGE, _answers_key, _load_answers)
+def _build_answers(r: Run, tmp: Path, prompts: list[str], base) -> dict:
+    answers = generate(
+        base.model, base.tokenizer, [encode(base.chat, q) for q in prompts], _decoding(r),
+        desc="self-answer benign prompts",
+    )  # fmt: skip
+    write_jsonl(tmp / ANSWERS, [{"prompt": q, "answer": a} for q, a in zip(prompts, answers)])
+    return {"n": len(prompts)}
+
+
 def self_answers(r: Run, base, prompts: list[str]) -> list[str]:
     """The base model's greedy answers to the benign prompts, cached on their own (training settings may change)."""
-    b = r.cfg.align.benign
-    decoding = DecodingConfig(b.answer_tokens, r.cfg.generation.repetition_penalty, b.batch_size)
-    k = "answers-" + stable_hash({"base": settings(r)["base"], "prompts": prompts, "decoding": decoding.__dict__})
-    path = r.store.path(r.model_name, STAGE, k) / "answers.jsonl"
-    if r.store.is_complete(r.model_name, STAGE, k):
-        return [row["answer"] for row in read_jsonl(path)]
-    answers = generate(
-        base.model, base.tokenizer, [encode(base.chat, q) for q in prompts], decoding, desc="self-answer benign prompts"
-    )
-    with r.store.writing(r.model_name, STAGE, k, {"n": len(prompts)}) as tmp:
-        write_jsonl(tmp / path.name, [{"prompt": q, "answer": a} for q, a in zip(prompts, answers)])
-    return answers
+    return r.artifact("base_answers", prompts=prompts, base=base)
 
 
-def run(r: Run) -> Path | None:
-    if not is_organism(r):
-        return None
-    k = key(r)
-    if r.store.is_complete(r.model_name, STAGE, k):
-        log.info("align: reusing %s", r.store.path(r.model_name, STAGE, k))
-        return model_path(r)
+def _key(r: Run) -> str:
+    return key(r)
+
+
+def _load(r: Run, path: Path) -> Path:
+    return path / MODEL_DIR
+
+
+@produces("organism", STAGE, _key, _load)
+def build(r: Run, tmp: Path) -> dict:
+    """Safety-tune the base model into `tmp/model` (see the module's docstring)."""
     a = r.cfg.align
     rng = random.Random(a.seed)
     blocked = rule(r.cfg, extra=a.blocked)
     harmful, harmful_report = _harmful_examples(r, blocked, rng)
     similar, plain, benign_report = _benign_prompts(r, blocked, rng)
 
-    base = load_model(r.cfg.model.base, cache_dir=f"{r.cfg.paths.artifacts}/models")
+    base = load_model(r.cfg.model.base, cache_dir=r.model_cache)
     answers = self_answers(r, base, similar + plain)
     judge = get_judge(r.cfg.judge.fit)
-    sources = ["alpaca_lookalike"] * len(similar) + ["alpaca"] * len(plain)
+    sources_of = ["alpaca_lookalike"] * len(similar) + ["alpaca"] * len(plain)
     # A helpful example must be helpful: an empty answer, or one the judge counts as a refusal, is dropped.
-    rows = zip(similar + plain, answers, sources)
+    rows = zip(similar + plain, answers, sources_of)
     benign = [Example(q, ans, src, HELPFUL) for q, ans, src in rows if ans and not judge(ans)]
     refused = sum(1 for ans in answers if ans and judge(ans))
     train_cfg = TrainConfig(**_align_settings(r)["train"], seed=a.seed)
@@ -176,15 +198,42 @@ def run(r: Run) -> Path | None:
         "first_loss": sum(losses[:10]) / max(1, len(losses[:10])),
         "last_loss": sum(losses[-10:]) / max(1, len(losses[-10:])),
     }
-    with r.store.writing(r.model_name, STAGE, k, {"settings": settings(r), **summary}) as tmp:
-        base.model.save_pretrained(tmp / MODEL_DIR)
-        base.tokenizer.save_pretrained(tmp / MODEL_DIR)
-        write_json(tmp / SUMMARY, summary)
-        write_json(tmp / "losses.json", losses)
-        write_jsonl(tmp / "examples.jsonl", [e.__dict__ for e in harmful + benign])
+    base.model.save_pretrained(tmp / MODEL_DIR)
+    base.tokenizer.save_pretrained(tmp / MODEL_DIR)
+    write_json(tmp / SUMMARY, summary)
+    write_json(tmp / "losses.json", losses)
+    write_jsonl(tmp / "examples.jsonl", [e.__dict__ for e in harmful + benign])
     log.info("align: %d steps, loss %.3f -> %.3f", len(losses), summary["first_loss"], summary["last_loss"])
-    return model_path(r)
+    return {"settings": settings(r), **summary}
+
+
+def run(r: Run) -> Path | None:
+    return r.artifact("organism") if is_organism(r) else None
+
+
+class Organism:
+    """`model.source.kind: organism`: the base model (`model.base`) safety-tuned by this stage. Its identity is the
+    align key, so every artifact of the organism follows its training data and settings; materializing it builds it
+    when missing. A kind that needs the run, so `Run.source` binds it first."""
+
+    def __init__(self, run: Run | None = None):
+        self.run = run
+
+    def bind(self, run: Run) -> Organism:
+        return Organism(run)
+
+    def identity(self, cfg) -> dict:
+        return {**OmegaConf.to_container(cfg.source, resolve=True), "align": key(self.run)}
+
+    def materialize(self, cfg, cache_dir) -> sources.Location:
+        return sources.Location(str(model_path(self.run)))
+
+    def num_layers(self, cfg, cache_dir) -> int:
+        return sources.get(cfg.base.source.kind).num_layers(cfg.base, cache_dir)
+
+
+sources.register("organism", Organism())
 
 
 def load_summary(r: Run) -> dict:
-    return read_json(r.require("align", STAGE, key(r)) / SUMMARY)
+    return read_json(model_path(r).parent / SUMMARY)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,12 +23,14 @@ from scans import methods
 from scans.analysis import classifiers, signs
 from scans.artifacts import read_json, stable_hash, write_json
 from scans.data import BENIGN, HARMFUL, evaluation_sets
+from scans.judge import flags_by_label
 from scans.methods import Default
 from scans.methods.scans import Scans
 from scans.stages import anchor, classify, sweep, tune
 from scans.stages.context import Run, prompts_hash
+from scans.stages.producers import produces
 from scans.steering import harm_similarity
-from scans.steering.tuning import layer_auroc
+from scans.steering.tuning import behaviour, layer_auroc
 
 log = logging.getLogger(__name__)
 STAGE = "analyze"
@@ -77,7 +80,7 @@ def figure4(r: Run, method) -> dict:
                layers=layers, threshold=float(method.threshold), row=True),
         _entry("keyword filter", keyword.astype(float), keyword, harmful, kind="keyword"),
     ]  # fmt: skip
-    compared = tune.load(r)["classifiers"] if r.cfg.steer.tuned else []
+    compared = tune.load(r).record["classifiers"] if r.cfg.steer.tuned else []
     best_of_kind = {}
     for c in compared:
         if c["kind"] not in best_of_kind or c["auroc"] > best_of_kind[c["kind"]]["auroc"]:
@@ -99,7 +102,7 @@ def figure4(r: Run, method) -> dict:
         "method": method.name,
         # A list, not a dict: the figure's order must survive the JSON artifact (whose keys are sorted).
         "classifiers": entries,
-        "chosen": tune.load(r)["classifier"] if r.cfg.steer.tuned else None,
+        "chosen": tune.load(r).record["classifier"] if r.cfg.steer.tuned else None,
         "figure5": classifiers.per_layer_summary(sims, harmful),
     }
 
@@ -121,16 +124,21 @@ def table7_classification(r: Run) -> list[dict]:
     return rows
 
 
+def _load(r: Run, path: Path) -> dict:
+    return read_json(path / RESULT)
+
+
+@produces("figures", STAGE, key, _load)
+def _build(r: Run, tmp: Path) -> dict:
+    result = figure4(r, methods.headline(r))
+    write_json(tmp / RESULT, result)
+    log.info("analyze: XSTest AUROC %s", {c["classifier"]: round(c["auroc"], 3) for c in result["classifiers"]})
+    return {"extract": r.extract_key}
+
+
 def figures(r: Run) -> dict:
     """Figures 4-5, computed once per key and then read from their artifact."""
-    k = key(r)
-    if r.store.is_complete(r.model_name, STAGE, k):
-        return read_json(r.store.path(r.model_name, STAGE, k) / RESULT)
-    result = figure4(r, methods.headline(r))
-    with r.store.writing(r.model_name, STAGE, k, {"extract": r.extract_key}) as tmp:
-        write_json(tmp / RESULT, result)
-    log.info("analyze: XSTest AUROC %s", {c["classifier"]: round(c["auroc"], 3) for c in result["classifiers"]})
-    return result
+    return r.artifact("figures")
 
 
 def sign_effects(r: Run) -> dict:
@@ -159,7 +167,7 @@ def sign_effects(r: Run) -> dict:
     refusal_score = anchor.run(r)["layer_refusal_score"]
     rows, examples = [], []
     for m, responses in zip(meta, tune.validation_responses(r, settings)):
-        rates = tune.behaviour(tune.refusal_flags(r, responses))
+        rates = behaviour(flags_by_label(r.cfg.judge.fit, responses))
         row = {**m, "harmful": rates[HARMFUL], "benign": rates[BENIGN]}
         row["harmful_structured"] = float(np.mean([signs.structured(x["response"]) for x in responses[HARMFUL]]))
         if m["layers"] is not None:
@@ -183,6 +191,6 @@ def run(r: Run) -> dict:
         ),  # fmt: skip
     }
     if r.cfg.steer.tuned:
-        result["tuned_threshold"] = tune.load(r)["threshold"]
+        result["tuned_threshold"] = tune.load(r).threshold
     result["signs"] = sign_effects(r)
     return result

@@ -8,14 +8,15 @@ consecutive layers with the highest mean score); `steer.layers=anchor` makes eve
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
 from scans.analysis import anchoring
 from scans.artifacts import read_json, stable_hash, write_json
 from scans.config import parse_layers
-from scans.stages import extract
 from scans.stages.context import Run
+from scans.stages.producers import produces
 
 log = logging.getLogger(__name__)
 STAGE = "anchor"
@@ -41,12 +42,13 @@ def top_window(scores: list[float], width: int) -> list[int]:
     return list(range(start, start + width))
 
 
-def run(r: Run) -> dict:
-    k = key(r)
-    if r.store.is_complete(r.model_name, STAGE, k):
-        return read_json(r.store.path(r.model_name, STAGE, k) / RESULT)
-    extract.run(r)
-    vectors = extract.load(r)["refusal_vectors"]
+def _load(r: Run, path: Path) -> dict:
+    return read_json(path / RESULT)
+
+
+@produces("anchor", STAGE, key, _load)
+def build(r: Run, tmp: Path) -> dict:
+    vectors = r.artifact("vectors")["refusal_vectors"]
     unit = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     model, tokenizer = r.lm.model, r.lm.tokenizer
     unembedding = model.get_output_embeddings().weight.detach()
@@ -79,8 +81,11 @@ def run(r: Run) -> dict:
         "suggested_steer_layers": top_window(per_layer, _width(r)),
         "projection": "unit refusal vector (or segment PC1) x final-norm gain, then the LM head",
     }
-    with r.store.writing(r.model_name, STAGE, k, {"extract": r.extract_key}) as tmp:
-        write_json(tmp / RESULT, result)
+    write_json(tmp / RESULT, result)
     log.info("anchor: %s; suggested steering layers %s", [(t["segment"], t["top_tokens"][:5]) for t in table],
              result["suggested_steer_layers"])  # fmt: skip
-    return result
+    return {"extract": r.extract_key}
+
+
+def run(r: Run) -> dict:
+    return r.artifact("anchor")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -22,10 +23,12 @@ from scans.data import BENIGN, Prompt, dataset_key, load_table
 from scans.methods import Default, Method
 from scans.stages import steer
 from scans.stages.context import Run
+from scans.stages.producers import produces
 
 log = logging.getLogger(__name__)
 STAGE = "capability"
 SCORES = "scores.json"
+ROWS = "rows.jsonl"
 CORPORA = ("wikitext2", "c4")
 
 
@@ -35,18 +38,15 @@ def _key(r: Run, part: str, method: Method, extra: dict | None = None) -> str:
     return f"{part}-{type(method).__name__.lower()}-{digest}"
 
 
-def _cached(r: Run, k: str) -> dict | None:
-    if r.store.is_complete(r.model_name, STAGE, k):
-        return read_json(r.store.path(r.model_name, STAGE, k) / SCORES)
-    return None
+def _save(tmp: Path, method: Method, scores: dict, rows: list[dict]) -> dict:
+    write_json(tmp / SCORES, scores)
+    write_jsonl(tmp / ROWS, rows)
+    log.info("capability: %s %s %s", tmp.name, method.name, scores)
+    return {"method": method.name, "scores": scores}
 
 
-def _save(r: Run, k: str, method: Method, scores: dict, rows: list[dict]) -> dict:
-    with r.store.writing(r.model_name, STAGE, k, {"method": method.name, "scores": scores}) as tmp:
-        write_json(tmp / SCORES, scores)
-        write_jsonl(tmp / "rows.jsonl", rows)
-    log.info("capability: %s %s", k, scores)
-    return scores
+def _load(r: Run, path: Path, **_) -> dict:
+    return read_json(path / SCORES)
 
 
 def _coefficients(r: Run, method: Method, name: str, queries: list[str]):
@@ -62,9 +62,19 @@ def mmlu_items(r: Run) -> list[mmlu_lib.Question]:
 
 
 def mmlu(r: Run, method: Method) -> dict:
-    k = _mmlu_key(r, method)
-    if (hit := _cached(r, k)) is not None:
-        return hit
+    return r.artifact("mmlu", method=method)
+
+
+def _xsum_key(r: Run, method: Method) -> str:
+    return _xsum_inputs(r, method)[2]
+
+
+def _mmlu_key(r: Run, method: Method) -> str:
+    return _key(r, "mmlu", method, {"data": dataset_key("mmlu"), "protocol": mmlu_lib.PROTOCOL})
+
+
+@produces("mmlu", STAGE, _mmlu_key, _load)
+def _build_mmlu(r: Run, tmp: Path, method: Method) -> dict:
     c = r.cfg.capability.mmlu
     items = mmlu_items(r)
     lm = mmlu_lib.make_scans_lm(r.lm.model, r.lm.tokenizer, c.batch_size, c.max_length, mmlu_lib.needs_bos(r.lm.chat))
@@ -83,7 +93,7 @@ def mmlu(r: Run, method: Method) -> dict:
         {"subject": q.subject, "index": q.index, "shots": q.shots, "answer": q.answer, "prediction": p}
         for q, p in zip(items, preds)
     ]
-    return _save(r, k, method, scores, rows)
+    return _save(tmp, method, scores, rows)
 
 
 def _xsum_inputs(r: Run, method: Method):
@@ -95,15 +105,14 @@ def _xsum_inputs(r: Run, method: Method):
     return docs, prompts, _key(r, "xsum", method, extra)
 
 
-def _mmlu_key(r: Run, method: Method) -> str:
-    return _key(r, "mmlu", method, {"data": dataset_key("mmlu"), "protocol": mmlu_lib.PROTOCOL})
-
-
 def xsum(r: Run, method: Method) -> dict:
+    return r.artifact("xsum", method=method)
+
+
+@produces("xsum", STAGE, _xsum_key, _load)
+def _build_xsum(r: Run, tmp: Path, method: Method) -> dict:
     c = r.cfg.capability.xsum
-    docs, prompts, k = _xsum_inputs(r, method)
-    if (hit := _cached(r, k)) is not None:
-        return hit
+    docs, prompts, _ = _xsum_inputs(r, method)
     rows = steer.respond(r, method, "xsum", prompts, max_new_tokens=c.max_new_tokens)
     predictions = [row["response"] for row in rows]
     per_doc = xsum_lib.rouge_per_document(predictions, list(docs["summary"]))
@@ -112,7 +121,7 @@ def xsum(r: Run, method: Method) -> dict:
         {"id": str(i), "summary": s, "prediction": p, **{t: v[j] for t, v in per_doc.items()}}
         for j, (i, s, p) in enumerate(zip(docs["id"], docs["summary"], predictions))
     ]
-    return _save(r, k, method, scores, out)
+    return _save(tmp, method, scores, out)
 
 
 def windows(r: Run, corpus: str) -> list[ppl_lib.Window]:
@@ -129,13 +138,16 @@ def _perplexity_key(r: Run, method: Method, corpus: str) -> str:
 
 def cached_perplexity(r: Run, method: Method, corpus: str) -> dict | None:
     """The perplexity artifact of a method if it exists; never loads the model."""
-    return _cached(r, _perplexity_key(r, method, corpus))
+    k = _perplexity_key(r, method, corpus)
+    return _load(r, r.store.path(r.model_name, STAGE, k)) if r.store.is_complete(r.model_name, STAGE, k) else None
 
 
 def perplexity(r: Run, method: Method, corpus: str) -> dict:
-    k = _perplexity_key(r, method, corpus)
-    if (hit := _cached(r, k)) is not None:
-        return hit
+    return r.artifact("perplexity", method=method, corpus=corpus)
+
+
+@produces("perplexity", STAGE, _perplexity_key, _load)
+def _build_perplexity(r: Run, tmp: Path, method: Method, corpus: str) -> dict:
     c = r.cfg.capability.perplexity
     ws = windows(r, corpus)
     coefs = _coefficients(r, method, f"ppl-{corpus}-{c.window}", [w.query for w in ws])
@@ -143,7 +155,7 @@ def perplexity(r: Run, method: Method, corpus: str) -> dict:
         r.lm.model, ws, methods_lib.intervention(r, method), coefs, c.batch_size, f"{method.name} perplexity {corpus}"
     )
     rows = [{"nll": n, "coefficient": None if coefs is None else float(coefs[i])} for i, n in enumerate(nlls)]
-    return _save(r, k, method, {"ppl": ppl_lib.perplexity(nlls), "n": len(ws), "window": c.window}, rows)
+    return _save(tmp, method, {"ppl": ppl_lib.perplexity(nlls), "n": len(ws), "window": c.window}, rows)
 
 
 def items(r: Run, method: Method) -> dict[str, list[float]]:
@@ -151,11 +163,11 @@ def items(r: Run, method: Method) -> dict[str, list[float]]:
     by category and over all questions), ROUGE per document, the negative log-likelihood per perplexity window."""
     out: dict[str, list[float]] = {}
     for corpus in CORPORA:
-        out[f"{corpus}_nll"] = [row["nll"] for row in _rows(r, _perplexity_key(r, method, corpus))]
-    xs = _rows(r, _xsum_inputs(r, method)[2])
+        out[f"{corpus}_nll"] = [row["nll"] for row in _rows(r, "perplexity", method=method, corpus=corpus)]
+    xs = _rows(r, "xsum", method=method)
     for t in xsum_lib.ROUGE_TYPES:  # each document's score, stored by the xsum part
         out[t] = [x[t] for x in xs]
-    mm = _rows(r, _mmlu_key(r, method))
+    mm = _rows(r, "mmlu", method=method)
     out["mmlu_avg"] = [float(q["prediction"] == q["answer"]) for q in mm]
     for category in mmlu_lib.CATEGORIES:
         out[f"mmlu_{category}"] = [
@@ -164,9 +176,10 @@ def items(r: Run, method: Method) -> dict[str, list[float]]:
     return out
 
 
-def _rows(r: Run, k: str) -> list[dict]:
-    path = r.require("capability", STAGE, k)
-    return read_jsonl(path / "rows.jsonl")
+def _rows(r: Run, name: str, **inputs) -> list[dict]:
+    """The per-item rows of one capability artifact (built first when missing)."""
+    r.artifact(name, **inputs)
+    return read_jsonl(r.store.path(r.model_name, STAGE, r.key(name, **inputs)) / ROWS)
 
 
 def table3_row(r: Run, method: Method) -> dict:

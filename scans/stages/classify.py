@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from scans.artifacts import load_tensors, save_tensors, stable_hash, write_jsonl
+from scans.artifacts import load_tensors, read_json, save_tensors, stable_hash, write_json, write_jsonl
 from scans.data import BENIGN, HARMFUL, Prompt, load_prompts
+from scans.data.overlap import rule
 from scans.errors import ConfigError
 from scans.models import encode
-from scans.stages import extract
 from scans.stages.context import Run, prompts_hash
+from scans.stages.producers import produces, view
 from scans.steering import harm
 from scans.steering.classifier import prompt_and_response_states
 from scans.steering.vectors import layer_similarities, transition
@@ -36,55 +38,64 @@ def key(r: Run, name: str, prompts: list[Prompt]) -> str:
     return f"{name}-{stable_hash({'extract': r.extract_key, 'prompts': prompts_hash(prompts)})}"
 
 
-def features(r: Run, name: str | None, prompts: list[Prompt]) -> harm.Features:
-    """a_p and a_e of every prompt at every layer: cached per named set, computed afresh when `name` is None."""
+def _compute_features(r: Run, name: str | None, prompts: list[Prompt]) -> harm.Features:
+    a_p, a_e = prompt_and_response_states(
+        r.lm.model, r.lm.chat, [p.text for p in prompts], r.cfg.classify.batch_size, r.cfg.classify.response,
+        f"states {name or 'prompts'}",
+    )  # fmt: skip
+    return harm.Features(a_p, a_e)
 
-    def compute() -> harm.Features:
-        a_p, a_e = prompt_and_response_states(
-            r.lm.model, r.lm.chat, [p.text for p in prompts], r.cfg.classify.batch_size, r.cfg.classify.response,
-            f"states {name or 'prompts'}",
-        )  # fmt: skip
-        return harm.Features(a_p, a_e)
 
-    if name is None:
-        return compute()
-    k = f"features-{name}-" + stable_hash(
+def features_key(r: Run, name: str, prompts: list[Prompt]) -> str:
+    return f"features-{name}-" + stable_hash(
         {"model": r.model_identity, "response": r.cfg.classify.response, "prompts": prompts_hash(prompts)}
     )
 
-    def build(tmp):
-        f = compute()
-        save_tensors(tmp / FEATURES, {"prompt": f.prompt, "response": f.response})
-        write_jsonl(tmp / "prompts.jsonl", [{"text": p.text, "label": p.label} for p in prompts])
-        return {"n": len(prompts)}
 
-    r.store.cached(r.model_name, STAGE, k, build, {"set": name})
-    t = load_tensors(r.store.path(r.model_name, STAGE, k) / FEATURES)
+def _load_features(r: Run, path: Path, name: str, prompts: list[Prompt]) -> harm.Features:
+    t = load_tensors(path / FEATURES)
     return harm.Features(t["prompt"], t["response"])
+
+
+@produces("features", STAGE, features_key, _load_features)
+def _build_features(r: Run, tmp: Path, name: str, prompts: list[Prompt]) -> dict:
+    f = _compute_features(r, name, prompts)
+    save_tensors(tmp / FEATURES, {"prompt": f.prompt, "response": f.response})
+    write_jsonl(tmp / "prompts.jsonl", [{"text": p.text, "label": p.label} for p in prompts])
+    write_json(tmp / "summary.json", {"n": len(prompts)})
+    return {"set": name}
+
+
+def features(r: Run, name: str | None, prompts: list[Prompt]) -> harm.Features:
+    """a_p and a_e of every prompt at every layer: cached per named set, computed afresh when `name` is None."""
+    if name is None:
+        return _compute_features(r, name, prompts)
+    return r.artifact("features", name=name, prompts=prompts)
+
+
+def _load_similarities(r: Run, path: Path, name: str, prompts: list[Prompt]) -> torch.Tensor:
+    return load_tensors(path / SIMS)["layer_similarities"]
+
+
+@produces("similarities", STAGE, key, _load_similarities)
+def _build_similarities(r: Run, tmp: Path, name: str, prompts: list[Prompt]) -> dict:
+    f = features(r, name, prompts)
+    sims = layer_similarities(transition(f.prompt, f.response), r.artifact("vectors")["harm_direction"])
+    save_tensors(tmp / SIMS, {"layer_similarities": sims})
+    write_jsonl(tmp / "prompts.jsonl", [{"text": p.text, "label": p.label} for p in prompts])
+    log.info("classify: %s done (%d prompts)", name, len(prompts))
+    return {"eval_set": name, "n": len(prompts), "extract_key": r.extract_key, "model_name": r.model_name}
 
 
 def similarities(r: Run, name: str, prompts: list[Prompt]) -> torch.Tensor:
     """(N, L) per-layer σ(q) similarities of one set (the steering anchors' harm direction), cached."""
-    k = key(r, name, prompts)
-    path = r.store.path(r.model_name, STAGE, k)
-    if r.store.is_complete(r.model_name, STAGE, k):
-        return load_tensors(path / SIMS)["layer_similarities"]
-    f = features(r, name, prompts)
-    sims = layer_similarities(transition(f.prompt, f.response), extract.load(r)["harm_direction"])
-    provenance = {"eval_set": name, "n": len(prompts), "extract_key": r.extract_key, "model_name": r.model_name}
-    with r.store.writing(r.model_name, STAGE, k, provenance) as tmp:
-        save_tensors(tmp / SIMS, {"layer_similarities": sims})
-        write_jsonl(tmp / "prompts.jsonl", [{"text": p.text, "label": p.label} for p in prompts])
-    log.info("classify: %s done (%d prompts)", name, len(prompts))
-    return sims
+    return r.artifact("similarities", name=name, prompts=list(prompts))
 
 
 # --- anchor sets and classifiers ---------------------------------------------------------------------------------
 
 
 def _side(r: Run, dataset: str, label: str, rng: random.Random) -> list[Prompt]:
-    from scans.data.overlap import rule
-
     a = r.cfg.data.anchors
     if dataset == a.harmful and label == HARMFUL:
         return list(r.anchors.harmful_anchors)
@@ -122,38 +133,49 @@ def _params(r: Run, kind: str) -> dict:
     return OmegaConf.to_container(c[kind], resolve=True) if kind in c else {}
 
 
-def fitted(r: Run, kind: str, anchors: str) -> dict:
-    """A feature classifier fitted on an anchor set (cached), or GradSafe's references."""
+def fitted_key(r: Run, kind: str, anchors: str) -> str:
+    """The key of a fitted classifier: its anchor prompts (data and the disjointness rule, no model), the model."""
     harmful, benign = anchor_set(r, anchors)
-    prompts = harmful + benign
-    k = f"{kind}-{anchors}-" + stable_hash(
+    return f"{kind}-{anchors}-" + stable_hash(
         {
             "model": r.model_identity,
             "response": r.cfg.classify.response,
-            "prompts": prompts_hash(prompts),
+            "prompts": prompts_hash(harmful + benign),
             "params": _params(r, kind),
             "seed": r.cfg.seed,
         }  # fmt: skip
     )
 
-    def build(tmp):
-        if kind == "gradsafe":
-            n = r.cfg.classify.gradsafe.references
-            rows = lambda ps: [_encoded(r, p.text) for p in ps[:n]]  # noqa: E731
-            state = harm.gradsafe_reference(r.lm.model, rows(harmful), rows(benign), float(r.cfg.classify.gradsafe.gap))
-            critical = harm.critical_slices(state)
-        else:
-            f = features(r, f"anchors-{anchors}", prompts)
-            state = harm.fit(kind, f, [p.label == HARMFUL for p in prompts], c=float(_params(r, "probe")["C"]),
-                             seed=r.cfg.seed)  # fmt: skip
-            critical = None
-        save_tensors(tmp / FITTED, state)
-        write_jsonl(tmp / "anchors.jsonl", [{"text": p.text, "label": p.label, "source": p.source} for p in prompts])
-        return {"kind": kind, "anchors": anchors, "harmful": len(harmful), "benign": len(benign),
-                "critical_slices": critical}  # fmt: skip
 
-    summary = r.store.cached(r.model_name, STAGE, k, build, {"kind": kind, "anchors": anchors})
-    return {"key": k, "summary": summary, "state": load_tensors(r.store.path(r.model_name, STAGE, k) / FITTED)}
+def _load_fitted(r: Run, path: Path, kind: str, anchors: str) -> dict:
+    return {"key": path.name, "summary": read_json(path / "summary.json"), "state": load_tensors(path / FITTED)}
+
+
+@produces("classifier", STAGE, fitted_key, _load_fitted)
+def _build_fitted(r: Run, tmp: Path, kind: str, anchors: str) -> dict:
+    """A feature classifier fitted on an anchor set, or GradSafe's references."""
+    harmful, benign = anchor_set(r, anchors)
+    prompts = harmful + benign
+    if kind == "gradsafe":
+        n = r.cfg.classify.gradsafe.references
+        rows = lambda ps: [_encoded(r, p.text) for p in ps[:n]]  # noqa: E731
+        state = harm.gradsafe_reference(r.lm.model, rows(harmful), rows(benign), float(r.cfg.classify.gradsafe.gap))
+        critical = harm.critical_slices(state)
+    else:
+        f = features(r, f"anchors-{anchors}", prompts)
+        state = harm.fit(kind, f, [p.label == HARMFUL for p in prompts], c=float(_params(r, "probe")["C"]),
+                         seed=r.cfg.seed)  # fmt: skip
+        critical = None
+    save_tensors(tmp / FITTED, state)
+    write_jsonl(tmp / "anchors.jsonl", [{"text": p.text, "label": p.label, "source": p.source} for p in prompts])
+    write_json(tmp / "summary.json", {"kind": kind, "anchors": anchors, "harmful": len(harmful), "benign": len(benign),
+                                      "critical_slices": critical})  # fmt: skip
+    return {"kind": kind, "anchors": anchors}
+
+
+def fitted(r: Run, kind: str, anchors: str) -> dict:
+    """A feature classifier fitted on an anchor set (cached), or GradSafe's references: key, summary and state."""
+    return r.artifact("classifier", kind=kind, anchors=anchors)
 
 
 def _encoded(r: Run, text: str) -> tuple[list[int], int]:
@@ -176,20 +198,26 @@ def scores(r: Run, kind: str, anchors: str, name: str | None, prompts: list[Prom
     fits = {a: fitted(r, kind, a) for a in together}
     keys = {a: f"gradsafe-{name}-{stable_hash({'fit': f['key'], 'prompts': prompts_hash(prompts)})}"
             for a, f in fits.items()}  # fmt: skip
-    todo = [a for a in together if not r.store.is_complete(r.model_name, STAGE, keys[a])]
-    if todo:
-        computed = harm.gradsafe_scores(
-            r.lm.model,
-            rows(),
-            [fits[a]["state"] for a in todo],
-            r.num_layers,
-            f"GradSafe {name}",
-            r.cfg.classify.batch_size,
-        )
-        for a, result in zip(todo, computed):
-            with r.store.writing(r.model_name, STAGE, keys[a], {"set": name, "anchors": a, "n": len(prompts)}) as tmp:
-                save_tensors(tmp / SCORES, {"scores": result})
+    with r.store.building(r.model_name, STAGE, keys.values()) as missing:
+        todo = [a for a in together if keys[a] in missing]
+        if todo:
+            computed = harm.gradsafe_scores(
+                r.lm.model,
+                rows(),
+                [fits[a]["state"] for a in todo],
+                r.num_layers,
+                f"GradSafe {name}",
+                r.cfg.classify.batch_size,
+            )
+            for a, result in zip(todo, computed):
+                with r.store.write(r.model_name, STAGE, keys[a], {"set": name, "anchors": a, "n": len(prompts)}) as tmp:
+                    save_tensors(tmp / SCORES, {"scores": result})
     return load_tensors(r.store.path(r.model_name, STAGE, keys[anchors]) / SCORES)["scores"]
+
+
+@view("classifier_scores")
+def _scores_view(r: Run, kind: str, anchors: str, name: str | None, prompts: list[Prompt]) -> torch.Tensor:
+    return scores(r, kind, anchors, name, prompts)
 
 
 def run(r: Run) -> None:

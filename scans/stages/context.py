@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from functools import cached_property
-from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from scans.analysis.anchoring import segments
 from scans.artifacts import ArtifactStore, stable_hash
 from scans.config import ANCHOR_LAYERS, SEGMENTS, parse_layers
 from scans.data import (
@@ -17,18 +17,22 @@ from scans.data import (
     AnchorSplit,
     Prompt,
     anchor_split,
+    configure_from,
     dataset_key,
     evaluation_sets,
     load_prompts,
 )
+from scans.data.overlap import anchor_matches, blocked_sets
 from scans.errors import ConfigError
+from scans.judge import judge_identity
+from scans.models import load_model, sources
+from scans.models.precision import resolve_dtype
+from scans.stages.producers import PRODUCERS, Producer
 
 log = logging.getLogger(__name__)
 
 # A Hydra multirun runs its jobs one after another in one process: keep the loaded model between jobs.
 _MODELS: dict[str, object] = {}
-# The stages by name (filled by scans.stages): what `Run.require` runs to build a missing input.
-PRODUCERS: dict[str, Callable[[Run], object]] = {}
 
 
 def prompts_hash(prompts: list[Prompt]) -> str:
@@ -37,68 +41,68 @@ def prompts_hash(prompts: list[Prompt]) -> str:
 
 class Run:
     def __init__(self, cfg: DictConfig):
-        from scans.data import configure_from
-
         self.cfg = cfg
         configure_from(cfg)  # the run's own dataset entries (data.sets, data.sets_dirs)
         self.store = ArtifactStore(cfg.paths.artifacts)
         self.methods_cache: dict = {}  # resolved methods by config name (scans.methods.load)
         self.interventions_cache: dict = {}  # interventions by method (scans.methods.intervention)
 
-    def require(self, producer: str, stage: str, key: str) -> Path:
-        """The artifact `stage/key`, built first by running stage `producer` when it is missing, so that a stage run
-        alone gets what it needs (as the organism is built by the first stage that loads the model)."""
-        if not self.store.is_complete(self.model_name, stage, key):
-            log.info("%s needs %s/%s: running stage %s", self.cfg.stage, stage, key, producer)
-            PRODUCERS[producer](self)
-        return self.store.require(self.model_name, stage, key, f"python -m scans stage={producer}")
+    def artifact(self, name: str, /, **inputs) -> Any:
+        """The artifact `name` (a producer of `scans.stages.producers`) for these inputs, built first when it is
+        missing, alone and under its lock, so that a stage run alone gets what it needs and parallel jobs build it
+        once."""
+        p = producer(name)
+        if p.stage is None:
+            return p.load(self, None, **inputs)
+        k = p.key(self, **inputs)
+
+        def build(tmp):
+            log.info("%s: building %s (%s/%s)", self.cfg.stage, name, p.stage, k)
+            return p.build(self, tmp, **inputs)
+
+        return p.load(self, self.store.obtain(self.model_name, p.stage, k, build), **inputs)
+
+    def key(self, name: str, /, **inputs) -> str:
+        """The key of artifact `name` for these inputs: no forward pass, fit or model load."""
+        return producer(name).key(self, **inputs)
 
     @property
     def model_name(self) -> str:
         return self.cfg.model.name
 
     @cached_property
-    def model_identity(self) -> dict:
-        """What determines the model's activations: weights (for the organism: its align key), precision, format."""
-        from scans.models.loading import resolve_dtype
+    def source(self) -> sources.Source:
+        """The model's source kind (`scans.models.sources`); a kind built by a stage (the organism) bound to the run."""
+        kind = sources.get(self.cfg.model.source.kind)
+        return kind.bind(self) if hasattr(kind, "bind") else kind
 
+    @property
+    def model_cache(self) -> str:
+        return f"{self.cfg.paths.artifacts}/models"
+
+    @cached_property
+    def model_identity(self) -> dict:
+        """What determines the model's activations: the weights as the source kind names them (a hub commit, a GGUF's
+        sha256, the organism's align key), precision, format."""
         m = self.cfg.model
         identity = OmegaConf.to_container(
-            OmegaConf.create(
-                {"source": m.source, "dtype": m.dtype, "chat_format": m.chat_format, "system_prompt": m.system_prompt}
-            ),
+            OmegaConf.create({"dtype": m.dtype, "chat_format": m.chat_format, "system_prompt": m.system_prompt}),
             resolve=True,
         )
+        identity["source"] = self.source.identity(m)
         identity["dtype"] = resolve_dtype(identity["dtype"], m.device)  # `auto` keyed as what it loads in
-        if m.source.kind == "organism":
-            from scans.stages import align
-
-            identity["source"]["align"] = align.key(self)
-        if m.source.kind == "hub":  # the commit, never a branch that moves under the cache
-            from scans.models.loading import resolve_revision
-
-            identity["source"]["revision"] = resolve_revision(m.source.id, m.source.get("revision"))
         return identity
 
     @property
     def lm(self):
-        from scans.models import load_model
-
         key = self._loaded_key
         if key not in _MODELS:
             log.info("loading model %s", self.model_name)
-            model_cfg = self.cfg.model
-            if model_cfg.source.kind == "organism":
-                from scans.stages import align
-
-                path = align.run(self)  # builds the organism if it does not exist yet
-                model_cfg = OmegaConf.create(
-                    {**OmegaConf.to_container(model_cfg, resolve=True), "source": {"kind": "local", "path": str(path)}}
-                )
-            elif model_cfg.source.kind == "hub":  # the commit the keys hold, resolved once: never a newer `main`
-                source = {**OmegaConf.to_container(model_cfg.source, resolve=True), **self.model_identity["source"]}
-                model_cfg = OmegaConf.create({**OmegaConf.to_container(model_cfg, resolve=True), "source": source})
-            _MODELS[key] = load_model(model_cfg, cache_dir=f"{self.cfg.paths.artifacts}/models")
+            # The weights the keys hold (a hub branch resolved to its commit once, never a newer one); the organism is
+            # built here when missing.
+            pinned = {**OmegaConf.to_container(self.cfg.model, resolve=True), "source": self.model_identity["source"]}
+            location = self.source.materialize(OmegaConf.create(pinned), self.model_cache)
+            _MODELS[key] = load_model(self.cfg.model, cache_dir=self.model_cache, location=location)
         return _MODELS[key]
 
     @property
@@ -117,15 +121,11 @@ class Run:
     def judge_identity(self) -> dict:
         """The reporting judge (`judge.name`) as cache keys hold it: its name and a hash of its rules
         (scans.judge.judge_identity)."""
-        from scans.judge import judge_identity
-
         return judge_identity(self.cfg.judge.name)
 
     @cached_property
     def fit_judge_identity(self) -> dict:
         """The judge the pipeline's choices use (`judge.fit`: the organism's data, tuning, the baselines' data)."""
-        from scans.judge import judge_identity
-
         return judge_identity(self.cfg.judge.fit)
 
     @cached_property
@@ -135,8 +135,10 @@ class Run:
 
     @cached_property
     def num_layers(self) -> int:
+        """The model's depth: from its config, else as its source reads it (a config file, a GGUF header), never by
+        loading the weights."""
         n = self.cfg.model.get("num_layers")
-        return n if n is not None else self.lm.num_layers
+        return n if n is not None else self.source.num_layers(self.cfg.model, self.model_cache)
 
     @cached_property
     def steer_layers(self) -> list[int]:
@@ -145,12 +147,8 @@ class Run:
     def layers_of(self, spec, key: str = "steer.layers") -> list[int]:
         """Steering layers from "a-b" or a list, `anchor` (the `anchor` stage's suggestion) or a segment's name."""
         if spec == ANCHOR_LAYERS:
-            from scans.stages import anchor
-
-            return list(anchor.run(self)["suggested_steer_layers"])
+            return list(self.artifact("anchor")["suggested_steer_layers"])
         if spec in SEGMENTS:
-            from scans.analysis.anchoring import segments
-
             bounds = self.cfg.analysis.segments
             layers = segments(self.num_layers, None if bounds is None else list(bounds))[spec]
             if not layers:
@@ -164,8 +162,6 @@ class Run:
 
     @cached_property
     def anchors(self) -> AnchorSplit:
-        from scans.data.overlap import anchor_matches
-
         a = self.cfg.data.anchors
         pools = []
         for name, label in ((a.harmful, HARMFUL), (a.benign, BENIGN)):  # a two-label file gives its label's prompts
@@ -190,8 +186,6 @@ class Run:
     @cached_property
     def overlap_inputs(self) -> dict:
         """What the disjointness rule reads: the sets (with their fingerprints) and the threshold."""
-        from scans.data.overlap import blocked_sets
-
         return {
             "sets": {n: dataset_key(n) for n in blocked_sets(self.cfg)},
             "near_duplicate": float(self.cfg.overlap.near_duplicate),
@@ -216,3 +210,10 @@ class Run:
 
     def config_dict(self, *keys: str) -> dict:
         return {k: OmegaConf.to_container(self.cfg[k], resolve=True) for k in keys}
+
+
+def producer(name: str) -> Producer:
+    try:
+        return PRODUCERS[name]
+    except KeyError:
+        raise ConfigError(f"no producer of an artifact named {name!r}; known: {', '.join(sorted(PRODUCERS))}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -25,8 +26,8 @@ from scans.methods.scans import Scans
 from scans.models import encode
 from scans.models.chat import tokenize
 from scans.models.loading import resolve_device
-from scans.stages import extract
 from scans.stages.context import Run
+from scans.stages.producers import produces
 from scans.steering import DecodingConfig, Steering, generate
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def queries(r: Run) -> list[str]:
 
 
 def scans_spec(r: Run, method: Scans) -> ScansSpec:
-    ref = extract.load(r)
+    ref = r.artifact("vectors")
     return ScansSpec(
         ref["harm_direction"],
         ref["refusal_vectors"],
@@ -102,10 +103,12 @@ def complete(r: Run) -> bool:
     return r.store.is_complete(r.model_name, STAGE, key(r))
 
 
-def run(r: Run) -> dict:
-    k = key(r)
-    if r.store.is_complete(r.model_name, STAGE, k):
-        return read_json(r.store.path(r.model_name, STAGE, k) / RESULT)
+def _load(r: Run, path: Path) -> dict:
+    return read_json(path / RESULT)
+
+
+@produces("cost", STAGE, key, _load)
+def _build(r: Run, tmp: Path) -> dict:
     r.release_other_models()  # a peak of this model alone, whichever stages ran before in this process
     r.interventions_cache.clear()  # and no expert model built by an earlier stage
     prompts = queries(r)
@@ -120,6 +123,9 @@ def run(r: Run) -> dict:
     rows.sort(key=lambda row: batches.index(row["batch"]))  # stable: methods in table order within a batch size
     result = {"device": device_name(r.lm.device), "prompts": len(prompts), "single_prompts": min(single, len(prompts)),
               "rows": rows}  # fmt: skip
-    with r.store.writing(r.model_name, STAGE, k, result) as tmp:
-        write_json(tmp / RESULT, result)
+    write_json(tmp / RESULT, result)
     return result
+
+
+def run(r: Run) -> dict:
+    return r.artifact("cost")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from scans.artifacts import stable_hash
 from scans.control_vector import write_control_vector
-from scans.stages import extract
 from scans.stages.context import Run
+from scans.stages.producers import produces
 
 log = logging.getLogger(__name__)
 STAGE = "export"
@@ -32,14 +32,13 @@ def key(r: Run) -> str:
     return stable_hash({"extract": r.extract_key, "layers": layers(r), "normalize": bool(r.cfg.steer.normalize)})
 
 
-def run(r: Run) -> Path:
-    k = key(r)
-    path = r.store.path(r.model_name, STAGE, k) / FILE
-    if r.store.is_complete(r.model_name, STAGE, k):
-        log.info("export: reusing %s", path)
-        return path
-    extract.run(r)
-    vectors = extract.load(r)["refusal_vectors"]
+def _load(r: Run, path: Path) -> Path:
+    return path / FILE
+
+
+@produces("control_vector", STAGE, key, _load)
+def _build(r: Run, tmp: Path) -> dict:
+    vectors = r.artifact("vectors")["refusal_vectors"]
     hint = str(getattr(r.lm.model.config, "model_type", r.model_name))
     chosen = layers(r)
     provenance = {
@@ -48,11 +47,15 @@ def run(r: Run) -> Path:
         "model_hint": hint,
         "unit": bool(r.cfg.steer.normalize),
     }
-    with r.store.writing(r.model_name, STAGE, k, provenance) as tmp:
-        write_control_vector(tmp / FILE, {layer: vectors[layer] for layer in chosen}, hint)
+    write_control_vector(tmp / FILE, {layer: vectors[layer] for layer in chosen}, hint)
+    return provenance
+
+
+def run(r: Run) -> Path:
+    path = r.artifact("control_vector")
     alpha = float(r.cfg.steer.alpha)
     log.info(
         "export: wrote %s (%d layers); in llama.cpp: --control-vector-scaled %s %g (less refusal; +%g for more)",
-        path, len(chosen), path, -alpha, alpha,
+        path, len(layers(r)), path, -alpha, alpha,
     )  # fmt: skip
     return path

@@ -10,8 +10,10 @@ import torch
 
 from scans.artifacts import load_tensors, save_tensors, write_jsonl
 from scans.stages.context import Run
+from scans.stages.producers import produces
 from scans.steering import harm_reference
 from scans.steering.classifier import HarmReference
+from scans.steering.vectors import steering_vectors
 
 log = logging.getLogger(__name__)
 STAGE = "extract"
@@ -33,18 +35,19 @@ def reference(r: Run, harmful: Sequence[str], benign: Sequence[str]) -> HarmRefe
     )
 
 
-def steering_vectors(mean_difference: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """The refusal vectors v^l that steering adds: the mean difference made unit-norm per layer (steer.normalize)."""
-    if normalize:
-        return mean_difference / mean_difference.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return mean_difference
+def _key(r: Run) -> str:
+    return r.extract_key
 
 
-def run(r: Run) -> Path:
-    key = r.extract_key
-    if r.store.is_complete(r.model_name, STAGE, key):
-        log.info("extract: reusing %s", r.store.path(r.model_name, STAGE, key))
-        return r.store.path(r.model_name, STAGE, key)
+def _load(r: Run, path: Path) -> dict[str, torch.Tensor]:
+    """{"refusal_vectors" (unit-norm per layer unless steer.normalize=false), "harm_direction", "mean_difference"}."""
+    t = load_tensors(path / VECTORS)
+    v = steering_vectors(t["mean_difference"], r.cfg.steer.normalize)
+    return {"refusal_vectors": v, "harm_direction": t["harm_direction"], "mean_difference": t["mean_difference"]}
+
+
+@produces("vectors", STAGE, _key, _load)
+def build(r: Run, tmp: Path) -> dict:
     a = r.anchors
     ref = reference(r, [p.text for p in a.harmful_anchors], [p.text for p in a.benign_anchors])
     provenance = {
@@ -56,24 +59,21 @@ def run(r: Run) -> Path:
         "num_layers": int(ref.vectors.shape[0]),
         "hidden_size": int(ref.vectors.shape[1]),
     }
-    with r.store.writing(r.model_name, STAGE, key, provenance) as tmp:
-        save_tensors(
-            tmp / VECTORS,
-            {"mean_difference": ref.vectors, "harm_direction": ref.direction},
-            {"equations": "mean_difference: Eq. 1 (raw); harm_direction: Eq. 3"},
-        )
-        write_jsonl(
-            tmp / "anchors.jsonl",
-            [{"role": "harmful", "text": p.text} for p in a.harmful_anchors]
-            + [{"role": "benign", "text": p.text} for p in a.benign_anchors],
-        )
-    log.info("extract: wrote %s", r.store.path(r.model_name, STAGE, key))
-    return r.store.path(r.model_name, STAGE, key)
+    save_tensors(
+        tmp / VECTORS,
+        {"mean_difference": ref.vectors, "harm_direction": ref.direction},
+        {"equations": "mean_difference: Eq. 1 (raw); harm_direction: Eq. 3"},
+    )
+    write_jsonl(
+        tmp / "anchors.jsonl",
+        [{"role": "harmful", "text": p.text} for p in a.harmful_anchors]
+        + [{"role": "benign", "text": p.text} for p in a.benign_anchors],
+    )
+    return provenance
 
 
-def load(r: Run) -> dict[str, torch.Tensor]:
-    """{"refusal_vectors" (unit-norm per layer unless steer.normalize=false), "harm_direction"}."""
-    path = r.require("extract", STAGE, r.extract_key)
-    t = load_tensors(path / VECTORS)
-    v = steering_vectors(t["mean_difference"], r.cfg.steer.normalize)
-    return {"refusal_vectors": v, "harm_direction": t["harm_direction"], "mean_difference": t["mean_difference"]}
+def run(r: Run) -> dict[str, torch.Tensor]:
+    return r.artifact("vectors")
+
+
+load = run

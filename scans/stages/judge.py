@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from scans import methods
 from scans.artifacts import read_json, read_jsonl, write_json, write_jsonl
@@ -10,22 +11,23 @@ from scans.judge import judge_flags
 from scans.methods import Default, Method
 from scans.stages import steer
 from scans.stages.context import Run
+from scans.stages.producers import produces
 
 log = logging.getLogger(__name__)
 STAGE = "judge"
 SUMMARY = "summary.json"
 
 
-def key(r: Run, responses_key: str) -> str:
+def key(r: Run, responses_key: str, **_) -> str:
     return f"{responses_key}-{r.cfg.judge.name}-{r.judge_identity['rules']}"
 
 
-def judge_set(r: Run, method: Method, name: str, prompts) -> dict:
-    """The refusal summary of one method on one set (responses must exist), computed once."""
-    responses_key, rows = steer.load(r, method, name, prompts)
-    k = key(r, responses_key)
-    if r.store.is_complete(r.model_name, STAGE, k):
-        return read_json(r.store.path(r.model_name, STAGE, k) / SUMMARY)
+def _load(r: Run, path: Path, **_) -> dict:
+    return read_json(path / SUMMARY)
+
+
+@produces("judgement", STAGE, key, _load)
+def _build(r: Run, tmp: Path, responses_key: str, rows: list[dict], method: Method, name: str) -> dict:
     # With the prompts, a learned judge never judges an answer with a model trained on answers to its prompt.
     flags = judge_flags(r.cfg.judge.name, [row["response"] for row in rows], [row["prompt"] for row in rows])
     summary = {
@@ -36,11 +38,16 @@ def judge_set(r: Run, method: Method, name: str, prompts) -> dict:
         "refusal_rate": sum(flags) / len(rows),
         "judge": r.cfg.judge.name,
     }
-    with r.store.writing(r.model_name, STAGE, k, {"responses_key": responses_key, **summary}) as tmp:
-        write_jsonl(tmp / "judgements.jsonl", [{**row, "refused": f} for row, f in zip(rows, flags)])
-        write_json(tmp / SUMMARY, summary)
+    write_jsonl(tmp / "judgements.jsonl", [{**row, "refused": f} for row, f in zip(rows, flags)])
+    write_json(tmp / SUMMARY, summary)
     log.info("judge: %s / %s refusal %.1f%% (n=%d)", method.name, name, 100 * summary["refusal_rate"], len(rows))
-    return summary
+    return {"responses_key": responses_key, **summary}
+
+
+def judge_set(r: Run, method: Method, name: str, prompts) -> dict:
+    """The refusal summary of one method on one set (its responses generated first when missing), computed once."""
+    responses_key, rows = steer.load(r, method, name, prompts)
+    return r.artifact("judgement", responses_key=responses_key, rows=rows, method=method, name=name)
 
 
 def run(r: Run) -> None:
@@ -55,15 +62,20 @@ def run(r: Run) -> None:
             judge_set(base, Default(), name, prompts)
 
 
-def _path(r: Run, method: Method, name: str, prompts):
-    responses_key = steer.key(r, method, name, prompts)
-    return r.require("judge", STAGE, key(r, responses_key))
-
-
 def load(r: Run, method: Method, name: str, prompts) -> dict:
-    return read_json(_path(r, method, name, prompts) / SUMMARY)
+    return judge_set(r, method, name, prompts)
+
+
+def existing(r: Run, method: Method, name: str, prompts) -> dict | None:
+    """The refusal summary of one method on one set if it was judged already, else None: never generates (the
+    report's sweep columns, made by the `sweep` stage alone)."""
+    k = key(r, steer.key(r, method, name, prompts, method.coefficients(r, prompts, name)))
+    return _load(r, r.store.path(r.model_name, STAGE, k)) if r.store.is_complete(r.model_name, STAGE, k) else None
 
 
 def flags(r: Run, method: Method, name: str, prompts) -> list[bool]:
     """Per prompt, in the set's order, whether the judge counted the response as a refusal."""
-    return [row["refused"] for row in read_jsonl(_path(r, method, name, prompts) / "judgements.jsonl")]
+    responses_key, rows = steer.load(r, method, name, prompts)
+    r.artifact("judgement", responses_key=responses_key, rows=rows, method=method, name=name)
+    path = r.store.path(r.model_name, STAGE, key(r, responses_key))
+    return [row["refused"] for row in read_jsonl(path / "judgements.jsonl")]

@@ -21,8 +21,9 @@ from omegaconf import OmegaConf
 
 from scans import methods
 from scans.artifacts import write_text_atomic
-from scans.data.overlap import blocked_sets
-from scans.errors import ConfigError, MissingArtifactError
+from scans.data import evaluation_sets, load_prompts
+from scans.data.overlap import anchor_matches, blocked_sets, rule
+from scans.errors import ConfigError
 from scans.methods import Default, Method
 from scans.report import analysis as analysis_report
 from scans.report import sweeps as sweep_report
@@ -101,7 +102,7 @@ def run(r: Run) -> Path:
         methods_markdown(methods_table(prepared), r.model_name, o.near_duplicate, blocked_sets(r.cfg)),
     )
     if r.cfg.steer.tuned:
-        write_text_atomic(out / "tuning.md", tuning_markdown(tune.load(r), r.model_name))
+        write_text_atomic(out / "tuning.md", tuning_markdown(tune.load(r).record, r.model_name))
     if (base := steer.base_run(r)) is not None:
         default = Default()
         targets = [s for s in TARGET_SETS if s in r.eval_sets]
@@ -191,9 +192,6 @@ def analysis_outputs(r: Run, out: Path) -> None:
 def disjointness_rows(r: Run) -> list[dict]:
     """The rule's counts for the organism's sources, the steering anchors' files, the validation split and the
     classifiers' anchor sets."""
-    from scans.data import evaluation_sets, load_prompts
-    from scans.data.overlap import anchor_matches, rule
-
     rows = []
     if align.is_organism(r):
         for source, v in align.load_summary(r)["removed_and_used"].items():
@@ -222,11 +220,14 @@ def disjointness_rows(r: Run) -> list[dict]:
 
 
 def _sweep_counts(r: Run, method: Method) -> dict[str, tuple[int, int]] | None:
-    """{set: (n, refusals)} of one sweep column, or None when the `sweep` stage has not made it."""
-    try:
-        return counts(r, method, sweep.sets(r))
-    except MissingArtifactError:  # a damaged artifact is an error, not a column still to make
-        return None
+    """{set: (n, refusals)} of one sweep column, or None when the `sweep` stage has not made it (a damaged artifact
+    is an error, not a column still to make)."""
+    out = {}
+    for name in sweep.sets(r):
+        if (s := judge.existing(r, method, name, r.eval_sets[name])) is None:
+            return None
+        out[name] = (s["n"], s["refusals"])
+    return out
 
 
 def _with(values, value: float) -> list[float]:

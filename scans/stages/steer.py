@@ -15,7 +15,8 @@ from omegaconf import open_dict
 
 from scans import methods as methods_lib
 from scans.artifacts import read_jsonl, stable_hash, write_jsonl
-from scans.data import Prompt
+from scans.data import HARMFUL, Prompt
+from scans.judge import flags_by_label
 from scans.methods import Default, Method
 from scans.models import encode
 from scans.stages.context import Run, prompts_hash
@@ -36,13 +37,13 @@ def key(
     method: Method,
     name: str,
     prompts: list[Prompt],
-    coefficients: torch.Tensor | None = None,
+    coefficients: torch.Tensor | None,
     max_new_tokens: int | None = None,
 ) -> str:
     """The folder of one method's responses on one set. The folder name carries the method's type, not its label,
-    so a sweep column equal to a Table 2 row shares its responses."""
-    if coefficients is None:
-        coefficients = method.coefficients(r, prompts, name)
+    so a sweep column equal to a Table 2 row shares its responses. `coefficients` are the method's per-query values
+    (`method.coefficients`: for SCANS, σ(q) from the `similarities` artifact), an input of the key, never computed by
+    it."""
     inputs = {
         "method": methods_lib.method_key(r, method, method.response_inputs(coefficients)),
         "decoding": asdict(decoding(r, max_new_tokens)),
@@ -91,12 +92,18 @@ def respond_jobs(r: Run, jobs: list[tuple], max_new_tokens: int | None = None) -
         out.append({})
         for n, ps in sets.items():
             c = method.coefficients(r, ps, n) if given is None or n not in given else given[n]
-            k = key(r, method, n, ps, c, max_new_tokens)
-            if r.store.is_complete(r.model_name, STAGE, k):
-                log.info("steer: reusing %s / %s", method.name, n)
-                out[j][n] = read_jsonl(r.store.path(r.model_name, STAGE, k) / RESPONSES)
-            else:
-                todo.append((j, method, n, ps, c, k))
+            todo.append((j, method, n, ps, c, key(r, method, n, ps, c, max_new_tokens)))
+    with r.store.building(r.model_name, STAGE, [item[-1] for item in todo]) as missing:
+        _generate(r, [item for item in todo if item[-1] in missing], set(missing), max_new_tokens, out)
+    for j, method, n, _, _, k in todo:
+        if n not in out[j]:
+            log.info("steer: reusing %s / %s", method.name, n)
+            out[j][n] = read_jsonl(r.store.path(r.model_name, STAGE, k) / RESPONSES)
+    return [{n: o[n] for n in sets} for o, (_, sets, _) in zip(out, jobs)]
+
+
+def _generate(r: Run, todo: list[tuple], unwritten: set[str], max_new_tokens: int | None, out: list[dict]) -> None:
+    """Generate the response sets of `todo` (their locks held by the caller) and write each artifact once."""
     groups: list[list[tuple]] = []
     for item in todo:
         iv = methods_lib.intervention(r, item[1])
@@ -127,15 +134,16 @@ def respond_jobs(r: Run, jobs: list[tuple], max_new_tokens: int | None = None) -
                 }
                 for i, p in enumerate(ps)
             ]
-            provenance = {
-                "method": method.name, "eval_set": n, "n": len(rows), "settings": method.settings(),
-                "upstream": method.upstream(r), "decoding": asdict(dec),
-            }  # fmt: skip
-            with r.store.writing(r.model_name, STAGE, k, provenance) as tmp:
-                write_jsonl(tmp / RESPONSES, rows)
-            log.info("steer: %s / %s done (%d responses)", method.name, n, len(rows))
+            if k in unwritten:
+                provenance = {
+                    "method": method.name, "eval_set": n, "n": len(rows), "settings": method.settings(),
+                    "upstream": method.upstream(r), "decoding": asdict(dec),
+                }  # fmt: skip
+                with r.store.write(r.model_name, STAGE, k, provenance) as tmp:
+                    write_jsonl(tmp / RESPONSES, rows)
+                unwritten.discard(k)
+                log.info("steer: %s / %s done (%d responses)", method.name, n, len(rows))
             out[j][n] = rows
-    return [{n: o[n] for n in sets} for o, (_, sets, _) in zip(out, jobs)]
 
 
 def base_run(r: Run) -> Run | None:
@@ -169,12 +177,9 @@ def full_rows(r: Run) -> list[Method]:
 
 
 def balanced_accuracy(r: Run, method: Method) -> float:
-    from scans.data import HARMFUL
-    from scans.stages.tune import refusal_flags
-
     right: dict[bool, list[float]] = {True: [], False: []}
     for name, prompts in r.eval_sets.items():
-        rate = float(np.mean(refusal_flags(r, {name: load(r, method, name, prompts)[1]})[name]))
+        rate = float(np.mean(flags_by_label(r.cfg.judge.fit, {name: load(r, method, name, prompts)[1]})[name]))
         harmful = prompts[0].label == HARMFUL
         right[harmful].append(rate if harmful else 1.0 - rate)
     return 0.5 * sum(sum(v) / len(v) for v in right.values() if v) if all(right.values()) else 0.0
@@ -190,6 +195,12 @@ def run(r: Run) -> None:
 
 
 def load(r: Run, method: Method, name: str, prompts: list[Prompt]) -> tuple[str, list[dict]]:
-    k = key(r, method, name, prompts)
-    path = r.require("steer", STAGE, k)
-    return k, read_jsonl(path / RESPONSES)
+    """(key, responses) of one method on one set. Missing ones are generated with the sets they are generated with
+    in the `steer` stage (every evaluation set of the method, or every set of `steer.full.sets`), so that a stage
+    run alone gets the same batches, and so the same responses, as the pipeline."""
+    c = method.coefficients(r, prompts, name)
+    k = key(r, method, name, prompts, c)
+    if not r.store.is_complete(r.model_name, STAGE, k):
+        together = next((sets for sets in (r.eval_sets, r.full_sets) if sets.get(name) == prompts), {name: prompts})
+        respond_sets(r, method, together)
+    return k, read_jsonl(r.store.path(r.model_name, STAGE, k) / RESPONSES)

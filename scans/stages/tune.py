@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,14 +21,23 @@ from scans import methods
 from scans.artifacts import read_json, stable_hash, write_json
 from scans.config import number, parse_layers
 from scans.data import BENIGN, HARMFUL, evaluation_sets
+from scans.data.overlap import rule
 from scans.errors import ConfigError
-from scans.judge import judge_flags
-from scans.methods import Default
+from scans.judge import flags_by_label
+from scans.methods.default import Default
 from scans.methods.scans import Scans, ScansClassifier
 from scans.stages import classify, steer
 from scans.stages.context import Run, prompts_hash
+from scans.stages.producers import produces, view
 from scans.steering import harm_similarity
-from scans.steering.tuning import best_threshold, best_window, layer_auroc, select_setting
+from scans.steering.tuning import (
+    TunedChoice,
+    behaviour,
+    best_threshold,
+    best_window,
+    layer_auroc,
+    select_setting,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "tune"
@@ -39,8 +50,6 @@ CLASSIFIER_KEYS = ("compare", "use", "anchor_sets", "anchor_size", "anchor_seed"
 def validation(r: Run) -> dict:
     """The validation split: each set less what the disjointness rule removes (an exact or near duplicate of a
     reported or held-back prompt: 11 + 6 JBB goals are AdvBench's, 10 + 3 OKTest held-out prompts OKTest's)."""
-    from scans.data.overlap import rule
-
     block = rule(r.cfg, learned=False)
     sets = evaluation_sets(list(r.cfg.tune.validation_sets), r.cfg.tune.get("validation_limit"), r.cfg.seed, None)
     return {name: [prompts[i] for i in block.check([p.text for p in prompts]).kept] for name, prompts in sets.items()}
@@ -104,24 +113,15 @@ def validation_responses(r: Run, settings: list[tuple]) -> list[dict[str, list[d
 
 
 def validation_flags(r: Run, settings: list[tuple]) -> list[dict[str, np.ndarray]]:
-    """Per setting, the judge's refusal flag of each prompt of the validation generation subset, per label."""
-    return [refusal_flags(r, responses) for responses in validation_responses(r, settings)]
+    """Per setting, the `judge.fit` judge's refusal flag of each prompt of the validation generation subset, per
+    label."""
+    return [flags_by_label(r.cfg.judge.fit, responses) for responses in validation_responses(r, settings)]
 
 
-def refusal_flags(r: Run, responses: dict[str, list[dict]]) -> dict[str, np.ndarray]:
-    """The `judge.fit` judge's flags of responses per label (with their prompts: a learned judge never judges an
-    answer to a prompt it was trained on)."""
-    return {
-        lab: np.asarray(judge_flags(r.cfg.judge.fit, [x["response"] for x in rows], [x["prompt"] for x in rows]), bool)
-        for lab, rows in responses.items()
-    }
-
-
-def behaviour(flags: dict[str, np.ndarray]) -> dict:
-    """Refusal rates per label, and their balanced accuracy (harmful refusal and benign compliance)."""
-    rates = {lab: float(np.mean(f)) for lab, f in flags.items()}
-    rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
-    return rates
+@view("validation_flags")
+def _validation_flags(r: Run, method, coefficients=None) -> dict[str, np.ndarray]:
+    """One method's validation flags, as methods ask for them (the false-refusal ablation's layer choice)."""
+    return validation_flags(r, [(method, coefficients)])[0]
 
 
 def two_magnitude_grid(grid: list[dict], flags: list[dict], default: dict, signs: dict[str, torch.Tensor]) -> list:
@@ -176,45 +176,59 @@ def pick(rows: list[dict], use: str) -> dict:
     return max(chosen, key=lambda c: c["auroc"])
 
 
-def run(r: Run) -> dict | None:
-    if not r.cfg.steer.tuned:
-        return None
-    k = key(r)
-    if r.store.is_complete(r.model_name, STAGE, k):
-        return read_json(r.store.path(r.model_name, STAGE, k) / CHOICE)
+@dataclass
+class Validation:
+    """The validation split as the grids read it: the sets, their prompts and labels, σ(q)'s per-layer similarities,
+    and the seeded subset each setting is judged on by generating."""
+
+    sets: dict
+    items: list
+    harmful: list[bool]
+    layer_sims: torch.Tensor
+    subset: dict[str, list[int]]
+
+    def coefficients(self, method, scores: torch.Tensor) -> dict:
+        # The subset's scores are rows of the validation sets' cached ones: no second forward pass.
+        return {lab: method.coefficients_from(scores[idx]) for lab, idx in self.subset.items()}
+
+
+def _layer_grid(r: Run) -> list[tuple[int, ...]]:
     t = r.cfg.tune
     for a in t.alphas:  # checked before any model work (a model's own grid is model.grids, configs/tune)
         number(a, "tune.alphas[] (or model.grids.tune_alphas)", 0.0)
     where = "tune.steer_layers[] (or model.grids.tune_steer_layers)"
-    layer_grid = [tuple(parse_layers(spec, r.num_layers, where)) for spec in t.steer_layers]
-    sets = validation(r)
-    layer_sims = torch.cat([classify.similarities(r, name, prompts) for name, prompts in sets.items()])
-    items = [p for prompts in sets.values() for p in prompts]
-    harmful = [p.label == HARMFUL for p in items]
-    auroc = layer_auroc(layer_sims, harmful)
-    cls_layers, cls_auroc = best_window(layer_sims, harmful, list(t.classify_window_sizes))
-    threshold, cls_bacc = best_threshold(harm_similarity(layer_sims, cls_layers), harmful)
+    return [tuple(parse_layers(spec, r.num_layers, where)) for spec in t.steer_layers]
+
+
+def choose_classification(r: Run, v: Validation) -> dict:
+    """σ(q)'s 𝓛 (the window with the best validation AUROC) and 𝒯 (the best balanced accuracy), from the cached
+    similarities: no generation."""
+    t = r.cfg.tune
+    auroc = layer_auroc(v.layer_sims, v.harmful)
+    cls_layers, cls_auroc = best_window(v.layer_sims, v.harmful, list(t.classify_window_sizes))
+    threshold, cls_bacc = best_threshold(harm_similarity(v.layer_sims, cls_layers), v.harmful)
     paper = methods.load(r, methods.HEADLINE[False])
-    paper_auroc = float(roc_auc_score(harmful, harm_similarity(layer_sims, paper.classify_layers).numpy()))
+    paper_auroc = float(roc_auc_score(v.harmful, harm_similarity(v.layer_sims, paper.classify_layers).numpy()))
+    return {"classify_layers": cls_layers, "threshold": threshold, "classifier_auroc": cls_auroc,
+            "classifier_balanced_accuracy": cls_bacc, "paper_recipe_auroc": paper_auroc,
+            "per_layer_auroc": [float(a) for a in auroc]}  # fmt: skip
 
-    # The α x steering-layer grid on a seeded subset of each label, with 𝓛 and 𝒯 fixed as chosen above.
-    subset = generation_subset(r, items)
 
-    def coefficients(method, sims: torch.Tensor) -> dict:
-        # The subset's similarities are rows of the validation sets' cached ones: no second forward pass.
-        return {lab: method.coefficients_from(sims[idx]) for lab, idx in subset.items()}
-
-    default_flags = validation_flags(r, [(Default(), None)])[0]
-    default = behaviour(default_flags)
+def scans_grid(r: Run, v: Validation, classification: dict, default: dict) -> tuple[list, list, dict, bool, list]:
+    """The SCANS (tuned) grid: α x steering layers on the validation subset, 𝓛 and 𝒯 fixed; the least benign refusal
+    within the harmful-refusal cap. Returns the grid methods, their flags, the grid, the best setting and whether
+    the cap was met."""
+    t = r.cfg.tune
     grid_methods = [
         Scans(
-            METHOD, float(alpha), layers, tuple(cls_layers), threshold, tuned=True, positions=r.cfg.steer.positions,
-            normalize=bool(r.cfg.steer.normalize), response=r.cfg.classify.response,
+            METHOD, float(alpha), layers, tuple(classification["classify_layers"]), classification["threshold"],
+            tuned=True, positions=r.cfg.steer.positions, normalize=bool(r.cfg.steer.normalize),
+            response=r.cfg.classify.response,
         )
-        for layers in layer_grid
+        for layers in _layer_grid(r)
         for alpha in t.alphas
     ]  # fmt: skip
-    grid_flags = validation_flags(r, [(m, coefficients(m, layer_sims)) for m in grid_methods])
+    grid_flags = validation_flags(r, [(m, v.coefficients(m, v.layer_sims)) for m in grid_methods])
     grid = [
         {"alpha": m.alpha, "steer_layers": list(m.steer_layers), **behaviour(f)}
         for m, f in zip(grid_methods, grid_flags)
@@ -222,15 +236,26 @@ def run(r: Run) -> dict | None:
     for row in grid:
         log.info("tune: %s", row)
     best, cap_met = select_setting(grid, default[HARMFUL], t.max_harmful_drop)
-    signs = {lab: grid_methods[0].signs(layer_sims[idx]) for lab, idx in subset.items()}
-    two = two_magnitude_grid(grid, grid_flags, default_flags, signs)
-    two_best, two_cap_met = select_setting(two, default[HARMFUL], t.max_harmful_drop)
+    return grid_methods, grid_flags, grid, best, cap_met
 
-    # The same grid for the steering with the signs of the chosen classifier (the "SCANS + classifier" row).
-    compared = compare(r, sets)
+
+def two_magnitudes(r: Run, v: Validation, grid_methods, grid, grid_flags, default_flags, default) -> dict:
+    """The SCANS (tuned, two magnitudes) choice, from the symmetric grid's flags (`two_magnitude_grid`)."""
+    signs = {lab: grid_methods[0].signs(v.layer_sims[idx]) for lab, idx in v.subset.items()}
+    two = two_magnitude_grid(grid, grid_flags, default_flags, signs)
+    two_best, two_cap_met = select_setting(two, default[HARMFUL], r.cfg.tune.max_harmful_drop)
+    return {**{k: two_best[k] for k in ("alpha", "alpha_harmful", "steer_layers")}, "cap_met": two_cap_met,
+            "grid": two}  # fmt: skip
+
+
+def classifier_grid(r: Run, v: Validation, default: dict) -> tuple[list, dict]:
+    """The same grid for the steering with the signs of the chosen classifier (the "SCANS + classifier" row):
+    every classifier compared on validation, `classify.use` picked, then α x steering layers for its signs."""
+    t = r.cfg.tune
+    compared = compare(r, v.sets)
     chosen = pick(compared, r.cfg.classify.use)
     scores = torch.cat(
-        [classify.scores(r, chosen["kind"], chosen["anchors"], name, prompts) for name, prompts in sets.items()]
+        [classify.scores(r, chosen["kind"], chosen["anchors"], name, prompts) for name, prompts in v.sets.items()]
     )
     cls_methods = [
         ScansClassifier(
@@ -238,10 +263,10 @@ def run(r: Run) -> dict | None:
             positions=r.cfg.steer.positions, normalize=bool(r.cfg.steer.normalize), response=r.cfg.classify.response,
             classifier=r.cfg.classify.use, kind=chosen["kind"], anchors=chosen["anchors"],
         )
-        for layers in layer_grid
+        for layers in _layer_grid(r)
         for alpha in t.alphas
     ]  # fmt: skip
-    cls_settings = [(m, {lab: m.coefficients_from(scores[idx]) for lab, idx in subset.items()}) for m in cls_methods]
+    cls_settings = [(m, v.coefficients(m, scores)) for m in cls_methods]
     cls_grid = [
         {"alpha": m.alpha, "steer_layers": list(m.steer_layers), **rates}
         for m, rates in zip(cls_methods, validation_behaviours(r, cls_settings))
@@ -249,45 +274,65 @@ def run(r: Run) -> dict | None:
     for row in cls_grid:
         log.info("tune: %s/%s %s", chosen["kind"], chosen["anchors"], row)
     cls_best, cls_cap_met = select_setting(cls_grid, default[HARMFUL], t.max_harmful_drop)
+    return compared, {
+        **{k: chosen[k] for k in ("kind", "anchors", "layers", "threshold", "auroc", "balanced_accuracy")},
+        "use": r.cfg.classify.use,
+        "alpha": cls_best["alpha"],
+        "steer_layers": cls_best["steer_layers"],
+        "cap_met": cls_cap_met,
+        "grid": cls_grid,
+    }
+
+
+def _load(r: Run, path: Path) -> TunedChoice:
+    return TunedChoice.from_record(read_json(path / CHOICE))
+
+
+@produces("tuned", STAGE, key, _load)
+def build(r: Run, tmp: Path) -> dict:
+    """Every tuned row's choice, into `tmp/tuned.json`."""
+    _layer_grid(r)  # a bad grid is an error before any model work
+    sets = validation(r)
+    layer_sims = torch.cat([classify.similarities(r, name, prompts) for name, prompts in sets.items()])
+    items = [p for prompts in sets.values() for p in prompts]
+    v = Validation(sets, items, [p.label == HARMFUL for p in items], layer_sims, generation_subset(r, items))
+    classification = choose_classification(r, v)
+    default_flags = validation_flags(r, [(Default(), None)])[0]
+    default = behaviour(default_flags)
+    grid_methods, grid_flags, grid, best, cap_met = scans_grid(r, v, classification, default)
+    two = two_magnitudes(r, v, grid_methods, grid, grid_flags, default_flags, default)
+    compared, chosen = classifier_grid(r, v, default)
     choice = {
         "alpha": best["alpha"],
         "steer_layers": best["steer_layers"],
-        "classify_layers": cls_layers,
-        "threshold": threshold,
+        "classify_layers": classification["classify_layers"],
+        "threshold": classification["threshold"],
         "validation": {
             "sets": {n: len(p) for n, p in sets.items()},
-            "classifier_auroc": cls_auroc,
-            "classifier_balanced_accuracy": cls_bacc,
-            "paper_recipe_auroc": paper_auroc,
-            "per_layer_auroc": [float(a) for a in auroc],
-            "generation_subset": {lab: len(idx) for lab, idx in subset.items()},
+            **{
+                k: classification[k]
+                for k in ("classifier_auroc", "classifier_balanced_accuracy", "paper_recipe_auroc", "per_layer_auroc")
+            },
+            "generation_subset": {lab: len(idx) for lab, idx in v.subset.items()},
             "default_behaviour": default,
-            "max_harmful_drop": t.max_harmful_drop,
+            "max_harmful_drop": r.cfg.tune.max_harmful_drop,
             "cap_met": cap_met,
             "grid": grid,
-        },
-        "two_magnitudes": {
-            **{k: two_best[k] for k in ("alpha", "alpha_harmful", "steer_layers")},
-            "cap_met": two_cap_met,
-            "grid": two,
-        },
+        },  # fmt: skip
+        "two_magnitudes": two,
         "classifiers": compared,
-        "classifier": {
-            **{k: chosen[k] for k in ("kind", "anchors", "layers", "threshold", "auroc", "balanced_accuracy")},
-            "use": r.cfg.classify.use,
-            "alpha": cls_best["alpha"],
-            "steer_layers": cls_best["steer_layers"],
-            "cap_met": cls_cap_met,
-            "grid": cls_grid,
-        },
+        "classifier": chosen,
     }
-    with r.store.writing(r.model_name, STAGE, k, {"key": k}) as tmp:
-        write_json(tmp / CHOICE, choice)
-    log.info("tune: chose α=%s, steering %s, 𝓛 %s, 𝒯 %.3f", best["alpha"], best["steer_layers"], cls_layers, threshold)
-    log.info("tune: two magnitudes: α %s (benign), %s (harmful)", two_best["alpha"], two_best["alpha_harmful"])
-    return choice
+    write_json(tmp / CHOICE, choice)
+    log.info("tune: chose α=%s, steering %s, 𝓛 %s, 𝒯 %.3f", best["alpha"], best["steer_layers"],
+             classification["classify_layers"], classification["threshold"])  # fmt: skip
+    log.info("tune: two magnitudes: α %s (benign), %s (harmful)", two["alpha"], two["alpha_harmful"])
+    return {"key": r.key("tuned")}
 
 
-def load(r: Run) -> dict:
-    path = r.require("tune", STAGE, key(r))
-    return read_json(path / CHOICE)
+def run(r: Run) -> TunedChoice | None:
+    return r.artifact("tuned") if r.cfg.steer.tuned else None
+
+
+def load(r: Run) -> TunedChoice:
+    return r.artifact("tuned")

@@ -27,8 +27,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from scans.methods.base import Intervention, Row
 from scans.models.loading import flat_head_input
+from scans.steering.intervention import Intervention, Row
 
 
 def common_prefix(rows: Sequence[Sequence[int]]) -> int:

@@ -13,12 +13,12 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
 from scans.errors import ConfigError
-from scans.methods.base import Intervention, Row, insert_encoded
 from scans.models.chat import Encoded
 from scans.models.loading import input_device
 from scans.steering.batching import length_sorted_batches, pad_left
 from scans.steering.engine import PrefixCache, decode_batch
 from scans.steering.hook import steering, steering_starts
+from scans.steering.intervention import Intervention, Row, insert_encoded
 
 ENGINES = ("scans", "hf")
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from scans.data.labels import BENIGN, HARMFUL
 from scans.steering.vectors import harm_similarity
 
 
@@ -69,3 +71,62 @@ def select_setting(grid: Sequence[dict], default_harmful: float, max_harmful_dro
 def _size(setting: dict) -> float:
     """How much a setting steers: α, or α_benign + α_harmful for two magnitudes."""
     return setting["alpha"] + setting.get("alpha_harmful", 0.0)
+
+
+def behaviour(flags: dict[str, np.ndarray]) -> dict:
+    """Refusal rates per label (harmful, benign), and their balanced accuracy (harmful refusal, benign compliance)."""
+    rates = {lab: float(np.mean(f)) for lab, f in flags.items()}
+    rates["balanced_accuracy"] = 0.5 * (rates[HARMFUL] + 1.0 - rates[BENIGN])
+    return rates
+
+
+@dataclass(frozen=True)
+class TunedSteering:
+    """α and the steering layers chosen on validation; `alpha_harmful` for the two-magnitude row (None: α both ways)."""
+
+    alpha: float
+    steer_layers: tuple[int, ...]
+    alpha_harmful: float | None = None
+
+
+@dataclass(frozen=True)
+class TunedClassifier:
+    """The harm classifier chosen for the `SCANS + classifier` row, with its 𝓛, 𝒯 and steering."""
+
+    kind: str
+    anchors: str
+    layers: tuple[int, ...]
+    threshold: float
+    steering: TunedSteering
+
+
+@dataclass(frozen=True)
+class TunedChoice:
+    """What the `tune` stage chose on the validation split: σ(q)'s 𝓛 and 𝒯, the symmetric steering, the
+    two-magnitude steering and the classifier row's. `record` is the whole choice as written (grids included), for
+    the report."""
+
+    classify_layers: tuple[int, ...]
+    threshold: float
+    steering: TunedSteering
+    two_magnitudes: TunedSteering
+    classifier: TunedClassifier
+    record: dict = field(compare=False, repr=False)
+
+    @classmethod
+    def from_record(cls, c: dict) -> TunedChoice:
+        two, k = c["two_magnitudes"], c["classifier"]
+        return cls(
+            classify_layers=tuple(c["classify_layers"]),
+            threshold=float(c["threshold"]),
+            steering=TunedSteering(float(c["alpha"]), tuple(c["steer_layers"])),
+            two_magnitudes=TunedSteering(float(two["alpha"]), tuple(two["steer_layers"]), float(two["alpha_harmful"])),
+            classifier=TunedClassifier(
+                k["kind"],
+                k["anchors"],
+                tuple(k["layers"]),
+                float(k["threshold"]),
+                TunedSteering(float(k["alpha"]), tuple(k["steer_layers"])),
+            ),  # fmt: skip
+            record=c,
+        )

@@ -45,3 +45,10 @@ def harm_similarity(layer_sims: torch.Tensor, layers: Sequence[int]) -> torch.Te
 def steer_sign(similarity: torch.Tensor, threshold: float) -> torch.Tensor:
     """Eq. 5: σ(q) = -1 (benign: steer away from refusal) if s_q < 𝒯, else +1 (harmful: towards refusal)."""
     return torch.where(similarity < threshold, -1.0, 1.0)
+
+
+def steering_vectors(mean_difference: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """The refusal vectors v^l that steering adds: Eq. 1's mean difference, unit-norm per layer (steer.normalize)."""
+    if normalize:
+        return mean_difference / mean_difference.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return mean_difference
