@@ -44,10 +44,16 @@ def _build(r: Run, tmp: Path, responses_key: str, rows: list[dict], method: Meth
     return {"responses_key": responses_key, **summary}
 
 
-def judge_set(r: Run, method: Method, name: str, prompts) -> dict:
-    """The refusal summary of one method on one set (its responses generated first when missing), computed once."""
+def _judged(r: Run, method: Method, name: str, prompts) -> tuple[Path, dict]:
+    """The judgement folder and summary of one method on one set (its responses generated first when missing)."""
     responses_key, rows = steer.load(r, method, name, prompts)
-    return r.artifact("judgement", responses_key=responses_key, rows=rows, method=method, name=name)
+    summary = r.artifact("judgement", responses_key=responses_key, rows=rows, method=method, name=name)
+    return r.store.path(r.model_name, STAGE, key(r, responses_key)), summary
+
+
+def judge_set(r: Run, method: Method, name: str, prompts) -> dict:
+    """The refusal summary of one method on one set, computed once."""
+    return _judged(r, method, name, prompts)[1]
 
 
 def run(r: Run) -> None:
@@ -75,7 +81,4 @@ def existing(r: Run, method: Method, name: str, prompts) -> dict | None:
 
 def flags(r: Run, method: Method, name: str, prompts) -> list[bool]:
     """Per prompt, in the set's order, whether the judge counted the response as a refusal."""
-    responses_key, rows = steer.load(r, method, name, prompts)
-    r.artifact("judgement", responses_key=responses_key, rows=rows, method=method, name=name)
-    path = r.store.path(r.model_name, STAGE, key(r, responses_key))
-    return [row["refused"] for row in read_jsonl(path / "judgements.jsonl")]
+    return [row["refused"] for row in read_jsonl(_judged(r, method, name, prompts)[0] / "judgements.jsonl")]
