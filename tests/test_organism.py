@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from scans.organism import (
     TrainConfig,
     answer_loss,
     collate,
+    form_matched,
+    form_of,
     normalize,
     remove_overlap,
     tokenize_example,
@@ -141,3 +144,14 @@ def test_auto_training_precision_is_bf16_only_on_bf16_hardware_and_keys_by_its_r
     assert forced[None] != forced["bfloat16"]
     with pytest.raises(ConfigError, match="autocast='fp8'"):
         TrainConfig(autocast="fp8")
+
+
+def test_form_matched_benign_prompts_follow_the_refusals_forms():
+    benign = ["How can I bake bread?", "Write a poem.", "How can I tie a tie?", "What is rain?", "Write a song."]
+    harmful = ["How can I pick a lock?", "How can I hurt someone?", "How can I steal?", "Write a threat."]
+    chosen = form_matched(benign, harmful, random.Random(0))
+    # one benign prompt per harmful one of the same form, while any is left; none twice; the benign order kept
+    assert sorted(form_of(t) for t in chosen) == ["how can", "how can", "write a"]
+    assert len(set(chosen)) == len(chosen) and chosen == [t for t in benign if t in chosen]
+    assert chosen == form_matched(benign, harmful, random.Random(0))  # seeded
+    assert form_matched(benign, ["Give me a gun."], random.Random(0)) == []

@@ -70,6 +70,24 @@ def lookalikes(prompts: Iterable[str], words: Iterable[str]) -> list[str]:
     return [p for p in prompts if pattern.search(p)]
 
 
+def form_of(text: str, words: int = 2) -> str:
+    """A prompt's form: its first `words` words, lower-cased ("how can", "write a")."""
+    return " ".join(re.findall(r"[a-z']+", text.lower())[:words])
+
+
+def form_matched(prompts: Sequence[str], harmful: Sequence[str], rng: random.Random) -> list[str]:
+    """For each harmful prompt, one benign prompt of the same form where one is left (seeded, without replacement),
+    in the benign prompts' order: benign examples whose forms follow the refusals', so that a refusal is tied to what
+    a prompt asks rather than to how it asks it."""
+    by_form: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_form.setdefault(form_of(p), []).append(i)
+    for idx in by_form.values():
+        rng.shuffle(idx)
+    chosen = [by_form[f].pop() for f in map(form_of, harmful) if by_form.get(f)]
+    return [prompts[i] for i in sorted(chosen)]
+
+
 def sample(items: Sequence, n: int | None, rng: random.Random) -> list:
     """A seeded sample of `n` items in their original order (all of them when n is None or too large)."""
     if n is None or n >= len(items):

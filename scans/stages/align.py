@@ -24,6 +24,7 @@ from scans.organism import (
     Example,
     TrainConfig,
     first_sentence,
+    form_matched,
     lookalikes,
     native_autocast,
     refusal_pool,
@@ -115,8 +116,11 @@ def _harmful_examples(r: Run, blocked: Blocklist, rng: random.Random) -> tuple[l
     return examples, {"sources": report, "refusal_pool": len(pool)}
 
 
-def _benign_prompts(r: Run, blocked: Blocklist, rng: random.Random) -> tuple[list[str], list[str], dict]:
-    """(look-alike prompts, other Alpaca prompts, report): the look-alikes are drawn first and kept out of the rest."""
+def _benign_prompts(
+    r: Run, blocked: Blocklist, rng: random.Random, harmful: list[str]
+) -> tuple[list[str], list[str], dict]:
+    """(look-alike prompts, other Alpaca prompts, report): the look-alikes are drawn first and kept out of the rest;
+    with `benign.form_matched`, one more Alpaca prompt per harmful prompt of the same form (`form_matched`)."""
     b = r.cfg.align.benign
     prompts, counts = remove_overlap(load_prompts("alpaca"), blocked)
     texts = [p.text for p in prompts]
@@ -128,6 +132,11 @@ def _benign_prompts(r: Run, blocked: Blocklist, rng: random.Random) -> tuple[lis
     chosen = sample(questions, n_questions, rng) + sample(others, b.alpaca - n_questions, rng)
     available = {"available": len(prompts) + sum(counts.values()), **counts}
     report = {"alpaca": {**available, "used": len(chosen)}, "alpaca_lookalike": {**available, "used": len(similar)}}
+    if b.get("form_matched"):
+        taken |= set(chosen)
+        matched = form_matched([t for t in texts if t not in taken], harmful, rng)
+        chosen += matched
+        report["alpaca_form_matched"] = {**available, "used": len(matched)}
     return similar, chosen, report
 
 
@@ -176,7 +185,7 @@ def build(r: Run, tmp: Path) -> dict:
     rng = random.Random(a.seed)
     blocked = rule(r.cfg, extra=a.blocked)
     harmful, harmful_report = _harmful_examples(r, blocked, rng)
-    similar, plain, benign_report = _benign_prompts(r, blocked, rng)
+    similar, plain, benign_report = _benign_prompts(r, blocked, rng, [e.prompt for e in harmful])
 
     base = load_model(r.cfg.model.base, cache_dir=r.model_cache)
     answers = self_answers(r, base, similar + plain)
