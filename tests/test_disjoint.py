@@ -70,7 +70,7 @@ def test_the_organism_trains_on_nothing_reported_nor_on_validation_or_anchor_poo
     block = rule(run.cfg, extra=run.cfg.align.blocked)
     rng = random.Random(0)
     harmful, report = align._harmful_examples(run, block, rng)
-    similar, plain, _ = align._benign_prompts(run, block, rng)
+    similar, plain, _ = align._benign_prompts(run, block, rng, [e.prompt for e in harmful])
     texts = [e.prompt for e in harmful] + similar + plain
     _assert_disjoint(reported, texts, "organism training prompts")
     kept_off = Blocklist([p.text for n in [*run.cfg.tune.validation_sets, *run.cfg.align.blocked]

@@ -48,7 +48,7 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 
 def test_the_builtin_catalogue_is_one_yaml_file_per_dataset():
     files = sorted(p.stem for p in SETS_DIR.glob("*.yaml"))
-    assert files == sorted(builtin()) and len(files) == 28
+    assert files == sorted(builtin()) and len(files) == 29
     assert all(spec.origin.endswith(f"{name}.yaml") for name, spec in builtin().items())
     # The paper's Table 2 subsets come out of the entries: XSTest and RepE give a safe and an unsafe set each.
     assert [get_eval_set(n).dataset for n in PAPER.sets] == [
