@@ -17,6 +17,8 @@ from scans.models.loading import device_map_of
 from scans.steering.harm import KINDS
 from scans.steering.hook import POSITION_POLICIES
 
+TRAIN_PRECISIONS = (None, "bfloat16", "float16")  # the organism's: align.train.autocast
+
 
 def validate(cfg: DictConfig) -> None:
     """Reject bad values early: unknown stage, non-numeric α or 𝒯, layers outside the model, bad sizes."""
@@ -80,6 +82,15 @@ def validate(cfg: DictConfig) -> None:
                 f"the model that judges them, but overlap.near_duplicate={cfg.overlap.near_duplicate} counts lower "
                 "overlaps as duplicates; raise it or use another judge"
             )
+    autocast = OmegaConf.select(cfg, "align.train.autocast", default=None)
+    if autocast not in ("auto", *TRAIN_PRECISIONS):
+        raise ConfigError(f"align.train.autocast={autocast!r}; expected bfloat16, float16, null (fp32) or auto")
+    trained = OmegaConf.select(cfg, "align.train.layers", default=None)
+    if trained is not None and cfg.model.source.kind == "organism":
+        parse_layers(trained, cfg.model.base.get("num_layers"), "align.train.layers")
+    for value in OmegaConf.select(cfg, "align.precisions", default=None) or []:
+        if value not in TRAIN_PRECISIONS:
+            raise ConfigError(f"align.precisions: {value!r}; expected bfloat16, float16 or null (fp32)")
     validate_classifiers(cfg)
     validate_methods(cfg)
 
@@ -91,8 +102,8 @@ def validate_data(cfg: DictConfig) -> None:
     if not cfg.data.eval_sets:
         raise ConfigError("data.eval_sets is empty")
     known = eval_sets()
-    for key in ("data.eval_sets", "tune.validation_sets", "sweep.sets", "steer.full.sets"):
-        listed = list(OmegaConf.select(cfg, key))
+    for key in ("data.eval_sets", "tune.validation_sets", "sweep.sets", "steer.full.sets", "align.validation.sets"):
+        listed = list(OmegaConf.select(cfg, key, default=[]))
         unknown = [n for n in listed if n not in known]
         if unknown:
             raise ConfigError(

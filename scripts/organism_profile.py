@@ -1,10 +1,10 @@
 """The refusal profile of a model organism build on the validation analogues of Table 2's kinds of column.
 
-Builds the organism that the overrides describe (the `align` stage, cached under its key), then generates its Default
-responses on the validation split (`tune.validation_sets`, after the disjointness rule) and prints the refusal rate
-of each set with its 95% Wilson interval, grouped by kind: ordinary (AlpacaEval), look-alike (JBB-benign, OKTest
-held-out) and harmful (JBB-harmful, StrongREJECT). Builds are compared here, never on Table 2's sets; `--table2`
-adds Table 2's profile of the chosen build, for the report.
+Builds the organism that the overrides describe (the `align` stage, cached under its key), then generates its
+Default responses on the organism's validation sets (`align.validation`, after the disjointness rule) and prints the
+refusal rate of each set with its 95% Wilson interval, grouped by kind: ordinary (AlpacaEval), look-alike
+(JBB-benign, OKTest held-out) and harmful (JBB-harmful, StrongREJECT). Builds are compared here, never on Table 2's
+sets; `--table2` adds Table 2's profile of the chosen build, for the report.
 
     python scripts/organism_profile.py --overrides align.train.learning_rate=1e-4 --out /tmp/lr1e-4.json
 """
@@ -21,12 +21,9 @@ from hydra import compose, initialize_config_dir
 from scans.config import CONFIG_DIR
 from scans.judge import flags_by_label
 from scans.methods.default import Default
+from scans.report.organism import KIND_OF_SET, VALIDATION_KINDS
 from scans.report.uncertainty import wilson
-from scans.stages import Run, align, steer, tune
-
-KINDS = {"alpaca_eval": "ordinary", "jbb_benign": "look-alike", "oktest_heldout": "look-alike",
-         "jbb_harmful": "harmful", "strongreject": "harmful"}  # fmt: skip
-VALIDATION = "tune.validation_sets=[jbb_harmful,jbb_benign,oktest_heldout,strongreject,alpaca_eval]"
+from scans.stages import Run, align, steer
 
 
 def profile(r: Run, sets: dict) -> dict:
@@ -48,20 +45,20 @@ def main() -> None:
     args = parser.parse_args()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
-            "config", overrides=["model=smollm2_organism", VALIDATION, f"tune.validation_limit={args.limit}",
-                                 "stage=align", *args.overrides],
+            "config", overrides=["model=smollm2_organism", f"align.validation.limit={args.limit}", "stage=align",
+                                 *args.overrides],
         )  # fmt: skip
     r = Run(cfg)
     start = time.perf_counter()
     align.run(r)
     built = time.perf_counter() - start
     result = {"overrides": args.overrides, "align_key": align.key(r), "build_seconds": built,
-              "validation": profile(r, tune.validation(r)), "summary": align.load_summary(r)}  # fmt: skip
+              "validation": profile(r, align.validation(r)), "summary": align.load_summary(r)}  # fmt: skip
     if args.table2:
         result["table2"] = profile(r, r.eval_sets)
     for part in ("validation", "table2"):
         for name, p in result.get(part, {}).items():
-            kind = KINDS.get(name, "")
+            kind = VALIDATION_KINDS.get(name, KIND_OF_SET.get(name, ""))
             print(f"{part:10} {name:16} {kind:10} {p['refusal']:5.1f} [{p['lo']:5.1f}, {p['hi']:5.1f}] n={p['n']}")
     print(f"build {built:.0f} s, {result['summary']['steps']} steps, loss {result['summary']['last_loss']:.3f}")
     if args.out:

@@ -128,11 +128,19 @@ def test_empty_evaluation_set_is_rejected(tmp_path, data_dir, monkeypatch, capsy
         "tune.max_harmful_drop=2",
         "sweep.vary=beta",
         "analysis.segments=[20,10]",
+        "align.train.autocast=fp8",
+        "align.precisions=[bfloat16,auto]",
+        "align.validation.sets=[alpaca_eval,nowhere]",
     ],
 )
 def test_other_bad_values_are_rejected(tmp_path, override, monkeypatch, capsys):
     proc = run_in_process(monkeypatch, capsys, override, tmp_path=tmp_path)
     assert_one_line_error(proc, override.split("=")[0])
+
+
+def test_an_organism_layer_to_train_past_its_base_is_rejected_at_config_time(tmp_path, monkeypatch, capsys):
+    proc = run_in_process(monkeypatch, capsys, "model=smollm2_organism", "align.train.layers=20-30", tmp_path=tmp_path)
+    assert_one_line_error(proc, "align.train.layers='20-30': layer 30 is out of range")
 
 
 def test_a_candidate_layer_past_the_model_is_rejected_at_config_time(tmp_path, monkeypatch, capsys):

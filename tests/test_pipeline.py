@@ -93,7 +93,8 @@ def report_dir(tmp):
 def test_pipeline_writes_table2_in_the_papers_layout(finished):
     cfg, tmp = finished
     df = pd.read_csv(report_dir(tmp) / "table2.csv")
-    columns = ["model", "method", *PAPER.columns]
+    # the paper's columns, and HarmfulQA (beyond the paper: harmful questions) before the overall Avg.
+    columns = ["model", "method", *PAPER.columns[:-1], "harmfulqa", "avg"]
     assert list(df.columns)[: len(columns)] == columns
     assert df["method"].tolist() == ["Default", "SCANS (paper recipe)"]
     rates = df[PAPER.columns].to_numpy()
@@ -103,6 +104,8 @@ def test_pipeline_writes_table2_in_the_papers_layout(finished):
     text = (report_dir(tmp) / "table2.md").read_text()
     assert "Llama2-7b-chat (paper)" in text and "## Difference from Default" in text
     assert "[local](local/index.md)" in (tmp / "report" / "index.md").read_text().replace("`", "")
+    claim = pd.read_csv(report_dir(tmp) / "claim.csv")  # the SCANS row against the paper's claim, set by set
+    assert set(claim["method"]) == {"SCANS (paper recipe)"} and "xstest_unsafe" in set(claim["set"])
 
 
 def test_pipeline_writes_tables_3_and_4(finished):

@@ -16,11 +16,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from omegaconf import OmegaConf
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from scans.data.catalogue import catalogue, get_eval_set
 from scans.data.fingerprint import files_stamp
-from scans.data.registry import load_prompts
+from scans.data.registry import Prompt, load_prompts
+from scans.data.splits import evaluation_sets
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -138,17 +140,27 @@ def anchor_matches(cfg, name: str) -> list[str]:
 
 def blocked_sets(cfg, learned: bool = True) -> list[str]:
     """The sets the rule checks against: `overlap.sets` (every reported and held-back set), and, for a prompt that is
-    learnt from (`learned`), the validation split too, so that validation stays unseen. The validation prompts
-    themselves are checked with `learned=False`."""
+    learnt from (`learned`), the validation sets too (`tune.validation_sets`, and the organism's profile sets
+    `align.validation.sets`), so that validation stays unseen. The validation prompts themselves are checked with
+    `learned=False`."""
     names = list(cfg.overlap.sets)
     names += [n for n, spec in catalogue().items() if spec.held_back and n not in names]  # held back: never learnt
     # Every evaluated file is a reported one: a set added to data.eval_sets is kept off everything learnt from.
     names += [d for d in dict.fromkeys(get_eval_set(n).dataset for n in cfg.data.eval_sets) if d not in names]
     if learned:
-        names += [d for d in dict.fromkeys(get_eval_set(n).dataset for n in cfg.tune.validation_sets) if d not in names]
+        validation = [*cfg.tune.validation_sets, *OmegaConf.select(cfg, "align.validation.sets", default=[])]
+        names += [d for d in dict.fromkeys(get_eval_set(n).dataset for n in validation) if d not in names]
     return names
 
 
 def rule(cfg, learned: bool = True, extra: Iterable[str] = ()) -> Blocklist:
     """The disjointness rule of a run's config as a Blocklist (`extra`: further sets to keep off)."""
     return blocklist([*blocked_sets(cfg, learned), *extra], float(cfg.overlap.near_duplicate))
+
+
+def cleared_sets(cfg, names: Sequence[str], limit: int | None) -> dict[str, list[Prompt]]:
+    """Sets that are validated on, never reported (`tune.validation_sets`, `align.validation.sets`): at most `limit`
+    prompts of each (seeded), less what the disjointness rule removes."""
+    block = rule(cfg, learned=False)
+    sets = evaluation_sets(names, limit, cfg.seed, None)
+    return {name: [prompts[i] for i in block.check([p.text for p in prompts]).kept] for name, prompts in sets.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from scans.data.overlap import Blocklist, normalize
@@ -47,6 +47,12 @@ def remove_overlap(
             seen.add(k)
             kept.append(p)
     return kept, counts
+
+
+def kept_where(prompts: Sequence, where: Mapping[str, Sequence[str]]) -> list:
+    """The prompts whose meta column `c` holds one of `where[c]`, for every column named (all of them when `where`
+    is empty): HarmBench's standard behaviours, or Do-Not-Answer's risk areas of plainly harmful requests."""
+    return [p for p in prompts if all(p.meta.get(column) in values for column, values in where.items())]
 
 
 def first_sentence(text: str) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from scans.config import parse_layers
 from scans.errors import ConfigError
 from scans.models.chat import ChatFormat, encode
 from scans.models.loading import native_bf16
@@ -32,6 +33,9 @@ class TrainConfig:
     # with only AVX2 (emulated); "auto": bfloat16 where the device computes it natively (`native_autocast`);
     # null: float32 throughout.
     autocast: str | None = None
+    # Only these decoder layers (a layer spec, "20-29") and the final norm learn; the layers below, the embeddings and
+    # the (tied) LM head stay the base model's. None: every weight.
+    layers: str | None = None
 
     def __post_init__(self):
         if self.autocast not in (None, "auto", "bfloat16", "float16"):
@@ -95,6 +99,10 @@ def train(
     rng = random.Random(cfg.seed)
     device = next(model.parameters()).device
     rows = [tokenize_example(chat, e, cfg.max_answer_tokens) for e in examples]
+    if trainable is None and cfg.layers is not None:
+        blocks = model.get_decoder().layers
+        chosen = parse_layers(cfg.layers, len(blocks), "align.train.layers")
+        trainable = [p for i in chosen for p in blocks[i].parameters()] + list(model.get_decoder().norm.parameters())
     params = list(model.parameters()) if trainable is None else list(trainable)
     model.train().requires_grad_(False)
     for p in params:

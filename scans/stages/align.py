@@ -10,11 +10,11 @@ import logging
 import random
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from scans.artifacts import read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from scans.data import dataset_key, load_prompts
-from scans.data.overlap import Blocklist, blocked_sets, rule
+from scans.data.overlap import Blocklist, blocked_sets, cleared_sets, rule
 from scans.judge import get_judge
 from scans.models import encode, load_model, sources
 from scans.models.precision import resolve_device
@@ -25,6 +25,7 @@ from scans.organism import (
     TrainConfig,
     first_sentence,
     form_matched,
+    kept_where,
     lookalikes,
     native_autocast,
     refusal_pool,
@@ -43,6 +44,7 @@ MODEL_DIR = "model"
 SUMMARY = "summary.json"
 ANSWERS = "answers.jsonl"
 REFUSAL_SOURCE = "safety_tuned_llamas"
+PRECISIONS = {"bfloat16": "bf16 autocast", "float16": "fp16 autocast", None: "fp32"}
 
 
 def is_organism(r: Run) -> bool:
@@ -50,8 +52,12 @@ def is_organism(r: Run) -> bool:
 
 
 def _align_settings(r: Run) -> dict:
-    """`align` as plain data, with `train.autocast: auto` resolved for the device the base model loads on."""
+    """`align` as plain data, with `train.autocast: auto` resolved for the device the base model loads on, less what
+    only the report reads: the validation profile (what it keeps off the training data is in `settings`' blocked
+    sets) and the precisions compared."""
     a = OmegaConf.to_container(r.cfg.align, resolve=True)
+    a.pop("validation", None)
+    a.pop("precisions", None)
     if a["train"].get("autocast") == "auto":
         a["train"]["autocast"] = native_autocast(resolve_device(r.cfg.model.base.device))
     return a
@@ -98,9 +104,7 @@ def _harmful_examples(r: Run, blocked: Blocklist, rng: random.Random) -> tuple[l
     stl = load_prompts(REFUSAL_SOURCE)
     pool = refusal_pool([p.meta["output"] for p in stl], judge)
     for source, n in a.harmful.items():
-        prompts = load_prompts(source)
-        if source == "harmbench":
-            prompts = [p for p in prompts if p.meta.get("FunctionalCategory") == "standard"]
+        prompts = kept_where(load_prompts(source), a.where.get(source, {}))
         if source == REFUSAL_SOURCE:
             # Keep the source's own refusal (its first sentence), only where the judge counts it as a refusal.
             pairs = [(p, first_sentence(p.meta["output"])) for p in prompts]
@@ -242,6 +246,29 @@ class Organism:
 
 
 sources.register("organism", Organism())
+
+
+def precision(r: Run) -> str:
+    """The precision the organism is trained in, in words: "bf16 autocast" or "fp32"."""
+    return PRECISIONS[_align_settings(r)["train"]["autocast"]]
+
+
+def builds(r: Run) -> dict[str, Run]:
+    """The organism trained in each precision of `align.precisions` (its name -> run), this run's own first: the
+    report gives each one's Default profile, and says whether they differ."""
+    out = {precision(r): r}
+    for autocast in r.cfg.align.precisions:
+        if PRECISIONS[autocast] not in out:
+            cfg = r.cfg.copy()
+            with open_dict(cfg):
+                cfg.align.train.autocast = autocast
+            out[PRECISIONS[autocast]] = Run(cfg)
+    return out
+
+
+def validation(r: Run) -> dict:
+    """The organism's validation sets (`align.validation`), less what the disjointness rule removes."""
+    return cleared_sets(r.cfg, list(r.cfg.align.validation.sets), r.cfg.align.validation.limit)
 
 
 def load_summary(r: Run) -> dict:

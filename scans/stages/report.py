@@ -12,7 +12,6 @@ same prompts, and every target check says met, missed or not resolved at this si
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
@@ -25,13 +24,23 @@ from scans.data import evaluation_sets, load_prompts
 from scans.data.overlap import anchor_matches, blocked_sets, rule
 from scans.errors import ConfigError
 from scans.methods import Default, Method
+from scans.methods.scans import Scans
 from scans.report import analysis as analysis_report
 from scans.report import sweeps as sweep_report
 from scans.report.analysis import span
 from scans.report.capability import table3, table3_markdown, table4, table4_markdown
+from scans.report.claim import CONDITIONS, claim_markdown, claim_table
 from scans.report.classifiers import classifiers_markdown, classifiers_table, disjointness_markdown
 from scans.report.methods import methods_markdown, methods_table
-from scans.report.organism import TARGET_SETS, organism_markdown, organism_table
+from scans.report.organism import (
+    BAND_SETS,
+    KIND_OF_SET,
+    PAPER_LLAMA2_7B,
+    VALIDATION_KINDS,
+    organism_markdown,
+    precision_differences,
+    profile_table,
+)
 from scans.report.table2 import (
     Layout,
     differences,
@@ -59,6 +68,7 @@ from scans.stages import (
 from scans.stages.context import Run
 
 log = logging.getLogger(__name__)
+CLAIM_SETS = [s for s, _, _ in CONDITIONS]
 
 
 def counts(r: Run, method: Method, sets, prompts: dict | None = None) -> dict[str, tuple[int, int]]:
@@ -95,6 +105,7 @@ def run(r: Run) -> Path:
         refusal_table(r, out, "table2_full", title, full, r.full_sets)
     else:
         remove_pages(out, "table2_full")  # an earlier run's, with other settings, must not stay in the index
+    claim_page(r, out, [m.name for m in full])
     prepared = [(m.name, type(m).__name__, m.prepare(r)) for m in listed]  # cached artifacts (stage=prepare)
     o = r.cfg.overlap
     write_text_atomic(
@@ -104,24 +115,7 @@ def run(r: Run) -> Path:
     if r.cfg.steer.tuned:
         write_text_atomic(out / "tuning.md", tuning_markdown(tune.load(r).record, r.model_name))
     if (base := steer.base_run(r)) is not None:
-        default = Default()
-        targets = [s for s in TARGET_SETS if s in r.eval_sets]
-        table = organism_table(
-            {base.model_name: counts(base, default, targets), r.model_name: counts(r, default, targets)}
-        )
-        buf = io.StringIO()
-        table.to_csv(buf, index=False, float_format="%.2f")
-        write_text_atomic(out / "organism.csv", buf.getvalue())
-        write_text_atomic(
-            out / "organism.md",
-            organism_markdown(
-                table,
-                align.load_summary(r),
-                {n: len(ps) for n, ps in r.eval_sets.items()},
-                r.model_name,
-                r.cfg.judge.name,
-            ),
-        )
+        organism_pages(r, base, out)
     write_text_atomic(
         out / "disjointness.md",
         disjointness_markdown(disjointness_rows(r), blocked_sets(r.cfg, learned=False), o.near_duplicate),
@@ -132,6 +126,52 @@ def run(r: Run) -> Path:
     write_text_atomic(out.parent / "index.md", root_index(out.parent))
     log.info("report: wrote %s", out)
     return out
+
+
+def claim_page(r: Run, out: Path, full: list[str]) -> None:
+    """claim.md and .csv: every SCANS row against the paper's claim, on all of XSTest where the row has it there."""
+    default = Default()
+    rows, defaults = {}, {}
+    for m in methods.rows(r):
+        if not isinstance(m, Scans):
+            continue
+        prompts = {s: (r.full_sets if m.name in full and s in r.full_sets else r.eval_sets)[s]
+                   for s in CLAIM_SETS if s in r.eval_sets}  # fmt: skip
+        rows[m.name] = flags(r, m, list(prompts), prompts)
+        defaults[m.name] = flags(r, default, list(prompts), prompts)
+    if not rows:
+        remove_pages(out, "claim", ("md", "csv"))
+        return
+    table = pd.concat([claim_table({n: f}, defaults[n]) for n, f in rows.items()], ignore_index=True)
+    write_text_atomic(out / "claim.csv", table.to_csv(index=False, float_format="%.2f"))
+    write_text_atomic(out / "claim.md", claim_markdown(table, r.model_name, r.cfg.judge.name))
+
+
+def organism_pages(r: Run, base: Run, out: Path) -> None:
+    """organism.md and .csv: each build's Default profile (Table 2's sets, XSTest whole where `steer.full.sets` has
+    it; the validation analogues) against the bands, beside the base model's on Table 2's sets."""
+    default = Default()
+
+    def profile(b: Run) -> dict[str, tuple[int, int]]:
+        c = counts(b, default, [s for s in BAND_SETS if s in b.eval_sets])
+        return {**c, **counts(b, default, [s for s in BAND_SETS if s in b.full_sets], b.full_sets)}
+
+    builds = {f"organism, {p}": b for p, b in align.builds(r).items()}
+    base_counts = counts(base, default, [s for s in BAND_SETS if s in base.eval_sets])
+    profiles = {f"{base.model_name} (base)": base_counts, **{name: profile(b) for name, b in builds.items()}}
+    kinds = {s: KIND_OF_SET[s] for s in BAND_SETS if s in r.eval_sets}
+    table = profile_table(profiles, kinds, set(builds), PAPER_LLAMA2_7B)
+    validation = {}
+    for name, b in builds.items():
+        sets = align.validation(b)
+        validation[name] = counts(b, default, list(sets), sets)
+    val_table = profile_table(validation, {s: VALIDATION_KINDS[s] for s in r.cfg.align.validation.sets}, set(builds))
+    sizes = {s: n for s, (n, _) in profiles[next(iter(builds))].items()}
+    write_text_atomic(out / "organism.csv", table.to_csv(index=False, float_format="%.2f"))
+    write_text_atomic(out / "organism.md", organism_markdown(
+        table, val_table, precision_differences({n: profiles[n] for n in builds}), align.load_summary(r),
+        r.model_name, align.precision(r), sizes, r.cfg.judge.name,
+    ))  # fmt: skip
 
 
 def refusal_table(r: Run, out: Path, stem: str, title: str, listed: list[Method], prompts: dict) -> pd.DataFrame:
@@ -332,7 +372,8 @@ def remove_pages(out: Path, name: str, suffixes: tuple[str, ...] = ("md", "csv",
 
 INDEX_ORDER = (
     ("table1", "Table 1: layer anchoring"), ("table2", "Table 2: refusal rates"),
-    ("table2_full", "Table 2 on all of XSTest"), ("table3", "Table 3: capability"),
+    ("table2_full", "Table 2 on all of XSTest"), ("claim", "The paper's claim, tested"),
+    ("table3", "Table 3: capability"),
     ("table4", "Table 4: cost"), ("table5", "Table 5: steering layers"), ("table6", "Table 6: multiplier α"),
     ("table7", "Table 7: threshold 𝒯"),
     ("methods", "The methods of Table 2"), ("organism", "The model organism"),

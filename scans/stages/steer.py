@@ -19,6 +19,7 @@ from scans.data import HARMFUL, Prompt
 from scans.judge import flags_by_label
 from scans.methods import Default, Method
 from scans.models import encode
+from scans.stages import align
 from scans.stages.context import Run, prompts_hash
 from scans.steering import DecodingConfig, generate
 
@@ -192,6 +193,9 @@ def run(r: Run) -> None:
         respond_sets(r, method, r.full_sets)
     if (base := base_run(r)) is not None:
         respond_sets(base, Default(), base.eval_sets)
+        for build in align.builds(r).values():  # the organism's profile, in each precision it is built in
+            for sets in (build.eval_sets, build.full_sets, align.validation(build)):
+                respond_sets(build, Default(), sets)
 
 
 def load(r: Run, method: Method, name: str, prompts: list[Prompt]) -> tuple[str, list[dict]]:

@@ -20,8 +20,8 @@ from sklearn.metrics import roc_auc_score
 from scans import methods
 from scans.artifacts import read_json, stable_hash, write_json
 from scans.config import number, parse_layers
-from scans.data import BENIGN, HARMFUL, evaluation_sets
-from scans.data.overlap import rule
+from scans.data import BENIGN, HARMFUL
+from scans.data.overlap import cleared_sets
 from scans.errors import ConfigError
 from scans.judge import flags_by_label
 from scans.methods.default import Default
@@ -50,9 +50,7 @@ CLASSIFIER_KEYS = ("compare", "use", "anchor_sets", "anchor_size", "anchor_seed"
 def validation(r: Run) -> dict:
     """The validation split: each set less what the disjointness rule removes (an exact or near duplicate of a
     reported or held-back prompt: 11 + 6 JBB goals are AdvBench's, 10 + 3 OKTest held-out prompts OKTest's)."""
-    block = rule(r.cfg, learned=False)
-    sets = evaluation_sets(list(r.cfg.tune.validation_sets), r.cfg.tune.get("validation_limit"), r.cfg.seed, None)
-    return {name: [prompts[i] for i in block.check([p.text for p in prompts]).kept] for name, prompts in sets.items()}
+    return cleared_sets(r.cfg, list(r.cfg.tune.validation_sets), r.cfg.tune.get("validation_limit"))
 
 
 def key(r: Run) -> str:
