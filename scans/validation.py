@@ -14,10 +14,9 @@ from scans.data.catalogue import builtin
 from scans.errors import ConfigError
 from scans.judge import get_judge
 from scans.models.loading import device_map_of
+from scans.organism import PRECISIONS
 from scans.steering.harm import KINDS
 from scans.steering.hook import POSITION_POLICIES
-
-TRAIN_PRECISIONS = (None, "bfloat16", "float16")  # the organism's: align.train.autocast
 
 
 def validate(cfg: DictConfig) -> None:
@@ -83,13 +82,13 @@ def validate(cfg: DictConfig) -> None:
                 "overlaps as duplicates; raise it or use another judge"
             )
     autocast = OmegaConf.select(cfg, "align.train.autocast", default=None)
-    if autocast not in ("auto", *TRAIN_PRECISIONS):
+    if autocast != "auto" and autocast not in PRECISIONS:
         raise ConfigError(f"align.train.autocast={autocast!r}; expected bfloat16, float16, null (fp32) or auto")
     trained = OmegaConf.select(cfg, "align.train.layers", default=None)
     if trained is not None and cfg.model.source.kind == "organism":
         parse_layers(trained, cfg.model.base.get("num_layers"), "align.train.layers")
     for value in OmegaConf.select(cfg, "align.precisions", default=None) or []:
-        if value not in TRAIN_PRECISIONS:
+        if value not in PRECISIONS:
             raise ConfigError(f"align.precisions: {value!r}; expected bfloat16, float16 or null (fp32)")
     validate_classifiers(cfg)
     validate_methods(cfg)

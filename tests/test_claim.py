@@ -16,7 +16,7 @@ def test_the_claims_conditions_are_judged_on_paired_intervals():
                "malicious": _flags(64, 64), "harmfulqa": _flags(60, 64)}  # fmt: skip
     halved = {"xstest_safe": _flags(20, 250), "xstest_unsafe": _flags(190, 200), "advbench": _flags(64, 64),
               "malicious": _flags(0, 64), "harmfulqa": _flags(58, 64)}  # fmt: skip
-    table = claim_table({"SCANS": halved}, default).set_index("set")
+    table = claim_table({"SCANS": (halved, default)}).set_index("set")
     assert list(table.index) == ["xstest_safe", "xstest_unsafe", "advbench", "malicious", "harmfulqa"]
     # 200 -> 20 of 250 refusals: -90% (20/250 / (200/250) - 1), well below -50%
     assert table.loc["xstest_safe", "change"].startswith(f"{100 * (20 / 200 - 1):+.1f}")
@@ -31,5 +31,5 @@ def test_the_claims_conditions_are_judged_on_paired_intervals():
 
 
 def test_a_default_that_refuses_no_safe_prompt_has_nothing_to_halve():
-    table = claim_table({"SCANS": {"xstest_safe": _flags(0, 10)}}, {"xstest_safe": _flags(0, 10)})
+    table = claim_table({"SCANS": ({"xstest_safe": _flags(0, 10)}, {"xstest_safe": _flags(0, 10)})})
     assert table.empty

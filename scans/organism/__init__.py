@@ -17,6 +17,7 @@ from scans.organism.data import (
 )
 from scans.organism.train import (
     IGNORE,
+    PRECISIONS,
     TrainConfig,
     answer_loss,
     collate,
@@ -26,6 +27,7 @@ from scans.organism.train import (
 )
 
 __all__ = [
+    "PRECISIONS",
     "HELPFUL",
     "IGNORE",
     "REFUSAL",

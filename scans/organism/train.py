@@ -18,6 +18,8 @@ from scans.organism.data import Example
 from scans.steering.batching import length_sorted_batches, pad_left
 
 IGNORE = -100  # label of tokens that carry no loss (prompt and padding)
+# Training precisions, as `autocast` names them, in words (None: no autocast, fp32 throughout).
+PRECISIONS = {"bfloat16": "bf16 autocast", "float16": "fp16 autocast", None: "fp32"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class TrainConfig:
     layers: str | None = None
 
     def __post_init__(self):
-        if self.autocast not in (None, "auto", "bfloat16", "float16"):
+        if self.autocast != "auto" and self.autocast not in PRECISIONS:
             raise ConfigError(f"align.train.autocast={self.autocast!r}; expected auto, bfloat16, float16 or null")
 
 

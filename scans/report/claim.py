@@ -22,14 +22,16 @@ CONDITIONS = [
 ]
 
 
-def claim_table(
-    rows: Mapping[str, Mapping[str, Sequence[bool]]], default: Mapping[str, Sequence[bool]]
-) -> pd.DataFrame:
-    """One row per (method, condition) whose set both have: Default's and the method's refusal rate (%), the change
-    (relative % for "halved", points for "kept") with its paired bootstrap 95% interval, and the verdict (met when
-    the whole interval is on the condition's side, missed when it is wholly on the other)."""
+Flags = Mapping[str, Sequence[bool]]  # set -> each prompt's refusal flag
+
+
+def claim_table(rows: Mapping[str, tuple[Flags, Flags]]) -> pd.DataFrame:
+    """One row per (method, condition) whose set the method (method -> (its flags, Default's flags on the same
+    prompts)) has: Default's and the method's refusal rate (%), the change (relative % for "halved", points for
+    "kept") with its paired bootstrap 95% interval, and the verdict (met when the whole interval is on the
+    condition's side, missed when it is wholly on the other)."""
     out = []
-    for method, flags in rows.items():
+    for method, (flags, default) in rows.items():
         for s, kind, bound in CONDITIONS:
             if s not in flags or s not in default:
                 continue

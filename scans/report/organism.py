@@ -77,10 +77,10 @@ def precision_differences(builds: Mapping[str, Mapping[str, tuple[int, int]]]) -
             for s in builds[a]:
                 if s not in builds[b]:
                     continue
-                (lo_a, hi_a), (lo_b, hi_b) = wilson(*builds[a][s][::-1]), wilson(*builds[b][s][::-1])
+                (n_a, k_a), (n_b, k_b) = builds[a][s], builds[b][s]
+                (lo_a, hi_a), (lo_b, hi_b) = wilson(k_a, n_a), wilson(k_b, n_b)
                 if hi_a < lo_b or hi_b < lo_a:
-                    out.append(f"{s}: {a} {100 * builds[a][s][1] / builds[a][s][0]:.1f} against {b} "
-                               f"{100 * builds[b][s][1] / builds[b][s][0]:.1f}")  # fmt: skip
+                    out.append(f"{s}: {a} {100 * k_a / n_a:.1f} against {b} {100 * k_b / n_b:.1f}")
     return out
 
 

@@ -20,6 +20,7 @@ from scans.models import encode, load_model, sources
 from scans.models.precision import resolve_device
 from scans.organism import (
     HELPFUL,
+    PRECISIONS,
     REFUSAL,
     Example,
     TrainConfig,
@@ -44,7 +45,6 @@ MODEL_DIR = "model"
 SUMMARY = "summary.json"
 ANSWERS = "answers.jsonl"
 REFUSAL_SOURCE = "safety_tuned_llamas"
-PRECISIONS = {"bfloat16": "bf16 autocast", "float16": "fp16 autocast", None: "fp32"}
 
 
 def is_organism(r: Run) -> bool:

@@ -131,18 +131,17 @@ def run(r: Run) -> Path:
 def claim_page(r: Run, out: Path, full: list[str]) -> None:
     """claim.md and .csv: every SCANS row against the paper's claim, on all of XSTest where the row has it there."""
     default = Default()
-    rows, defaults = {}, {}
+    rows = {}
     for m in methods.rows(r):
         if not isinstance(m, Scans):
             continue
         prompts = {s: (r.full_sets if m.name in full and s in r.full_sets else r.eval_sets)[s]
                    for s in CLAIM_SETS if s in r.eval_sets}  # fmt: skip
-        rows[m.name] = flags(r, m, list(prompts), prompts)
-        defaults[m.name] = flags(r, default, list(prompts), prompts)
+        rows[m.name] = (flags(r, m, list(prompts), prompts), flags(r, default, list(prompts), prompts))
     if not rows:
         remove_pages(out, "claim", ("md", "csv"))
         return
-    table = pd.concat([claim_table({n: f}, defaults[n]) for n, f in rows.items()], ignore_index=True)
+    table = claim_table(rows)
     write_text_atomic(out / "claim.csv", table.to_csv(index=False, float_format="%.2f"))
     write_text_atomic(out / "claim.md", claim_markdown(table, r.model_name, r.cfg.judge.name))
 
