@@ -90,6 +90,14 @@ def validate(cfg: DictConfig) -> None:
     for value in OmegaConf.select(cfg, "align.precisions", default=None) or []:
         if value not in PRECISIONS:
             raise ConfigError(f"align.precisions: {value!r}; expected bfloat16, float16 or null (fp32)")
+    mined = OmegaConf.select(cfg, "align.mined", default=None)
+    if mined is not None:
+        unknown = sorted(set(mined.get("harmful", {})) - set(cfg.align.harmful))
+        if unknown or not mined.get("probe_tokens"):
+            raise ConfigError(
+                f"align.mined: harmful sources {unknown} are not in align.harmful, or no probe_tokens; expected "
+                "{probe_tokens: n, alpaca: n, harmful: {<a source of align.harmful>: n}}"
+            )
     validate_classifiers(cfg)
     validate_methods(cfg)
 

@@ -138,6 +138,13 @@ def test_other_bad_values_are_rejected(tmp_path, override, monkeypatch, capsys):
     assert_one_line_error(proc, override.split("=")[0])
 
 
+def test_hard_examples_from_a_source_the_organism_does_not_learn_from_are_rejected(tmp_path, monkeypatch, capsys):
+    # HarmfulQA is a reported set: nothing may mine it
+    mined = "+align.mined={probe_tokens: 16, harmful: {harmfulqa: 100}}"
+    proc = run_in_process(monkeypatch, capsys, "model=smollm2_organism", mined, tmp_path=tmp_path)
+    assert_one_line_error(proc, "align.mined: harmful sources ['harmfulqa'] are not in align.harmful")
+
+
 def test_an_organism_layer_to_train_past_its_base_is_rejected_at_config_time(tmp_path, monkeypatch, capsys):
     proc = run_in_process(monkeypatch, capsys, "model=smollm2_organism", "align.train.layers=20-30", tmp_path=tmp_path)
     assert_one_line_error(proc, "align.train.layers='20-30': layer 30 is out of range")

@@ -69,9 +69,11 @@ def test_the_organism_trains_on_nothing_reported_nor_on_validation_or_anchor_poo
 
     block = rule(run.cfg, extra=run.cfg.align.blocked)
     rng = random.Random(0)
-    harmful, report = align._harmful_examples(run, block, rng)
-    similar, plain, _ = align._benign_prompts(run, block, rng, [e.prompt for e in harmful])
-    texts = [e.prompt for e in harmful] + similar + plain
+    harmful, report, left = align._harmful_examples(run, block, rng)
+    similar, plain, _, alpaca_left = align._benign_prompts(run, block, rng, [e.prompt for e in harmful])
+    # and every prompt that `align.mined` may draw from
+    texts = [e.prompt for e in harmful] + similar + plain + alpaca_left
+    texts += [q for pairs in left.values() for q, _ in pairs]
     _assert_disjoint(reported, texts, "organism training prompts")
     kept_off = Blocklist([p.text for n in [*run.cfg.tune.validation_sets, *run.cfg.align.blocked]
                           for p in load_prompts(n)], float(run.cfg.overlap.near_duplicate))  # fmt: skip

@@ -8,7 +8,9 @@ import random
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
+from scans.artifacts import read_jsonl
 from scans.cli import CONFIG_DIR
 from scans.data import Prompt
 from scans.data.overlap import Blocklist
@@ -214,3 +216,48 @@ def test_the_profile_table_judges_only_the_builds_and_flags_precisions_that_diff
     assert table["fp32"].tolist() == pytest.approx([100 * 30 / 64, 100 * 63 / 64])
     differ = precision_differences({k: counts[k] for k in ("bf16", "fp32")})
     assert len(differ) == 1 and differ[0].startswith("truthfulqa: bf16 3.1 against fp32 46.9")
+
+
+def test_hard_examples_are_what_the_first_pass_gets_wrong(organism_cfg, monkeypatch):
+    # align.mined: more Alpaca prompts that the organism built without them (run in fp32) refuses are added with the
+    # base model's own answers, more harmful prompts that it answers are added with a refusal, and the organism is
+    # trained again from the base. What the first pass says is stubbed (a refusal for every other prompt), so that the
+    # test does not rest on what a random tiny model says.
+    stage_context._MODELS.clear()
+    real = align.generate
+    probed = {}
+
+    def generate(model, tokenizer, prompts, decoding, desc=""):
+        if desc != "the first pass's answers":
+            return real(model, tokenizer, prompts, decoding, desc=desc)
+        probed["dtype"], probed["n"], probed["tokens"] = model.dtype, len(prompts), decoding.max_new_tokens
+        return ["I'm sorry, but I cannot help with that." if i % 2 == 0 else "Sure, here" for i in range(len(prompts))]
+
+    monkeypatch.setattr(align, "generate", generate)
+    cfg = organism_cfg.copy()
+    with open_dict(cfg):
+        cfg.align.mined = {"probe_tokens": 3, "alpaca": 6, "harmful": {"safety_tuned_llamas": 4, "harmbench": 2}}
+    r = Run(cfg)
+    first = align.first_pass(r)
+    assert "mined" not in first.cfg.align
+    assert align.key(first) == align.key(Run(organism_cfg)) != align.key(r)  # the organism without them
+    align.run(r)
+    assert align.model_path(first).exists()
+    assert probed == {"dtype": torch.float32, "n": 6 + 4 + 2, "tokens": 3}
+    summary = align.load_summary(r)
+    used = summary["removed_and_used"]
+    assert {s: (u["probed"], u["refused_by_first_pass"]) for s, u in used.items() if s.endswith("_mined")} == {
+        "alpaca_mined": (6, 3), "safety_tuned_llamas_mined": (4, 2), "harmbench_mined": (2, 1)
+    }  # fmt: skip
+    examples = read_jsonl(align.model_path(r).parent / "examples.jsonl")
+    by_source = {}
+    for e in examples:
+        by_source.setdefault(e["source"], []).append(e)
+    assert len(by_source["safety_tuned_llamas_mined"]) == 2 and len(by_source["harmbench_mined"]) == 1
+    assert all(e["kind"] == "refusal" for e in by_source["harmbench_mined"] + by_source["safety_tuned_llamas_mined"])
+    assert len(by_source.get("alpaca_mined", [])) == used["alpaca_mined"]["used"] <= 3
+    assert all(e["kind"] == "helpful" for e in by_source.get("alpaca_mined", []))
+    prompts = [e["prompt"] for e in examples]
+    assert len(prompts) == len(set(prompts))  # each mined prompt drawn apart from the prompts already used
+    assert summary["examples"]["refusal"] == 10 + 3
+    stage_context._MODELS.clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
@@ -96,11 +97,16 @@ def model_path(r: Run) -> Path:
     return r.artifact("organism")
 
 
-def _harmful_examples(r: Run, blocked: Blocklist, rng: random.Random) -> tuple[list[Example], dict]:
+def _harmful_examples(
+    r: Run, blocked: Blocklist, rng: random.Random
+) -> tuple[list[Example], dict, dict[str, list[tuple[str, str | None]]]]:
+    """(refusal examples, report, what is left): each source's unused prompts, after the rule, with the source's own
+    refusal where it has one (None: one is drawn from the pool), for `align.mined`."""
     a = r.cfg.align
     judge = get_judge(r.cfg.judge.fit)
     report: dict[str, dict] = {}
     examples: list[Example] = []
+    left: dict[str, list[tuple[str, str | None]]] = {}
     stl = load_prompts(REFUSAL_SOURCE)
     pool = refusal_pool([p.meta["output"] for p in stl], judge)
     for source, n in a.harmful.items():
@@ -112,19 +118,26 @@ def _harmful_examples(r: Run, blocked: Blocklist, rng: random.Random) -> tuple[l
             kept, counts = remove_overlap(pairs, blocked, key=lambda pair: pair[0].text)
             chosen = sample(kept, n, rng)
             examples += [Example(p.text, s, source, REFUSAL) for p, s in chosen]
+            kept = [(p.text, s) for p, s in kept]
+            chosen = [(p.text, s) for p, s in chosen]
         else:
             kept, counts = remove_overlap(prompts, blocked)
             chosen = sample(kept, n, rng)
             examples += with_refusals([p.text for p in chosen], pool, source, rng)
+            kept = [(p.text, None) for p in kept]
+            chosen = [(p.text, None) for p in chosen]
+        taken = set(chosen)
+        left[source] = [pair for pair in kept if pair not in taken]
         report[source] = {"available": len(prompts), **counts, "used": len(chosen)}
-    return examples, {"sources": report, "refusal_pool": len(pool)}
+    return examples, {"sources": report, "refusal_pool": pool}, left
 
 
 def _benign_prompts(
     r: Run, blocked: Blocklist, rng: random.Random, harmful: list[str]
-) -> tuple[list[str], list[str], dict]:
-    """(look-alike prompts, other Alpaca prompts, report): the look-alikes are drawn first and kept out of the rest;
-    with `benign.form_matched`, one more Alpaca prompt per harmful prompt of the same form (`form_matched`)."""
+) -> tuple[list[str], list[str], dict, list[str]]:
+    """(look-alike prompts, other Alpaca prompts, report, the Alpaca prompts left): the look-alikes are drawn first and
+    kept out of the rest; with `benign.form_matched`, one more Alpaca prompt per harmful prompt of the same form
+    (`form_matched`)."""
     b = r.cfg.align.benign
     prompts, counts = remove_overlap(load_prompts("alpaca"), blocked)
     texts = [p.text for p in prompts]
@@ -141,12 +154,55 @@ def _benign_prompts(
         matched = form_matched([t for t in texts if t not in taken], harmful, rng)
         chosen += matched
         report["alpaca_form_matched"] = {**available, "used": len(matched)}
-    return similar, chosen, report
+    taken |= set(chosen)
+    return similar, chosen, report, [t for t in texts if t not in taken]
 
 
 def _decoding(r: Run) -> DecodingConfig:
     b = r.cfg.align.benign
     return DecodingConfig(b.answer_tokens, r.cfg.generation.repetition_penalty, b.batch_size)
+
+
+def first_pass(r: Run) -> Run:
+    """The organism of this config without hard examples (no `align.mined`: its key is that of a config that never
+    set it), run in fp32 whatever the CPU, so that what it refuses, and so the training data, is the same on every
+    CPU."""
+    cfg = r.cfg.copy()
+    with open_dict(cfg):
+        cfg.align.pop("mined", None)
+        cfg.model.dtype = "float32"
+    return Run(cfg)
+
+
+def _mined(
+    r: Run, left: dict[str, list[tuple[str, str | None]]], pool: list[str]
+) -> tuple[list[str], list[Example], dict]:
+    """Hard examples (`align.mined`), found by the first pass's greedy first `probe_tokens` tokens, judged by the fit
+    judge: of `alpaca` more Alpaca prompts (seeded, none already drawn), those it refuses (they get the base model's
+    answers); of `harmful[source]` more prompts of each harmful source, those it answers (they get a refusal, the
+    source's own or one drawn from the pool)."""
+    m = r.cfg.align.mined
+    rng = random.Random(f"{r.cfg.align.seed}-mined")
+    wanted = {"alpaca": m.get("alpaca", 0), **m.get("harmful", {})}
+    probes = {source: sample(left[source], n, rng) for source, n in wanted.items()}
+    texts = [q for pairs in probes.values() for q, _ in pairs]
+    lm = first_pass(r).lm
+    decoding = DecodingConfig(m.probe_tokens, r.cfg.generation.repetition_penalty, r.cfg.align.benign.batch_size)
+    said = iter(generate(lm.model, lm.tokenizer, [encode(lm.chat, q) for q in texts], decoding,
+                         desc="the first pass's answers"))  # fmt: skip
+    judge = get_judge(r.cfg.judge.fit)
+    refused = {source: [judge(next(said)) for _ in pairs] for source, pairs in probes.items()}
+    alpaca = [q for (q, _), no in zip(probes["alpaca"], refused["alpaca"]) if no]
+    refusals = [
+        Example(q, s or rng.choice(pool), f"{source}_mined", REFUSAL)
+        for source, pairs in probes.items() if source != "alpaca"
+        for (q, s), no in zip(pairs, refused[source]) if not no
+    ]  # fmt: skip
+    report = {
+        f"{source}_mined": {"probed": len(pairs), "refused_by_first_pass": sum(refused[source])}
+        for source, pairs in probes.items()
+    }
+    return alpaca, refusals, report
 
 
 def _answers_key(r: Run, prompts: list[str], **_) -> str:
@@ -188,24 +244,33 @@ def build(r: Run, tmp: Path) -> dict:
     a = r.cfg.align
     rng = random.Random(a.seed)
     blocked = rule(r.cfg, extra=a.blocked)
-    harmful, harmful_report = _harmful_examples(r, blocked, rng)
-    similar, plain, benign_report = _benign_prompts(r, blocked, rng, [e.prompt for e in harmful])
+    harmful, harmful_report, left = _harmful_examples(r, blocked, rng)
+    similar, plain, benign_report, alpaca_left = _benign_prompts(r, blocked, rng, [e.prompt for e in harmful])
+    mined: list[str] = []
+    if r.cfg.align.get("mined"):
+        left["alpaca"] = [(q, None) for q in alpaca_left]
+        mined, hard, mined_report = _mined(r, left, harmful_report["refusal_pool"])
+        harmful += hard
+        r.release_other_models()
 
     base = load_model(r.cfg.model.base, cache_dir=r.model_cache)
-    answers = self_answers(r, base, similar + plain)
+    answers = self_answers(r, base, similar + plain) + (self_answers(r, base, mined) if mined else [])
     judge = get_judge(r.cfg.judge.fit)
-    sources_of = ["alpaca_lookalike"] * len(similar) + ["alpaca"] * len(plain)
+    sources_of = ["alpaca_lookalike"] * len(similar) + ["alpaca"] * len(plain) + ["alpaca_mined"] * len(mined)
     # A helpful example must be helpful: an empty answer, or one the judge counts as a refusal, is dropped.
-    rows = zip(similar + plain, answers, sources_of)
+    rows = zip(similar + plain + mined, answers, sources_of)
     benign = [Example(q, ans, src, HELPFUL) for q, ans, src in rows if ans and not judge(ans)]
     refused = sum(1 for ans in answers if ans and judge(ans))
+    if r.cfg.align.get("mined"):
+        used = Counter(e.source for e in harmful + benign)
+        benign_report |= {source: {**row, "used": used[source]} for source, row in mined_report.items()}
     train_cfg = TrainConfig(**_align_settings(r)["train"], seed=a.seed)
     losses = train(base.model, base.chat, harmful + benign, train_cfg)
 
     summary = {
         "examples": {"refusal": len(harmful), "helpful": len(benign)},
         "removed_and_used": {**harmful_report["sources"], **benign_report},
-        "refusal_pool": harmful_report["refusal_pool"],
+        "refusal_pool": len(harmful_report["refusal_pool"]),
         "helpful_refused_by_base": refused,
         "steps": len(losses),
         "first_loss": sum(losses[:10]) / max(1, len(losses[:10])),
