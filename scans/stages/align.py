@@ -113,19 +113,16 @@ def _harmful_examples(
         prompts = kept_where(load_prompts(source), a.where.get(source, {}))
         if source == REFUSAL_SOURCE:
             # Keep the source's own refusal (its first sentence), only where the judge counts it as a refusal.
-            pairs = [(p, first_sentence(p.meta["output"])) for p in prompts]
-            pairs = [(p, s) for p, s in pairs if s and judge(s)]
-            kept, counts = remove_overlap(pairs, blocked, key=lambda pair: pair[0].text)
-            chosen = sample(kept, n, rng)
-            examples += [Example(p.text, s, source, REFUSAL) for p, s in chosen]
-            kept = [(p.text, s) for p, s in kept]
-            chosen = [(p.text, s) for p, s in chosen]
+            pairs = [(p.text, first_sentence(p.meta["output"])) for p in prompts]
+            pairs = [(q, s) for q, s in pairs if s and judge(s)]
         else:
-            kept, counts = remove_overlap(prompts, blocked)
-            chosen = sample(kept, n, rng)
-            examples += with_refusals([p.text for p in chosen], pool, source, rng)
-            kept = [(p.text, None) for p in kept]
-            chosen = [(p.text, None) for p in chosen]
+            pairs = [(p.text, None) for p in prompts]
+        kept, counts = remove_overlap(pairs, blocked, key=lambda pair: pair[0])
+        chosen = sample(kept, n, rng)
+        if source == REFUSAL_SOURCE:
+            examples += [Example(q, s, source, REFUSAL) for q, s in chosen]
+        else:
+            examples += with_refusals([q for q, _ in chosen], pool, source, rng)
         taken = set(chosen)
         left[source] = [pair for pair in kept if pair not in taken]
         report[source] = {"available": len(prompts), **counts, "used": len(chosen)}
@@ -246,7 +243,7 @@ def build(r: Run, tmp: Path) -> dict:
     blocked = rule(r.cfg, extra=a.blocked)
     harmful, harmful_report, left = _harmful_examples(r, blocked, rng)
     similar, plain, benign_report, alpaca_left = _benign_prompts(r, blocked, rng, [e.prompt for e in harmful])
-    mined: list[str] = []
+    mined, mined_report = [], {}
     if r.cfg.align.get("mined"):
         left["alpaca"] = [(q, None) for q in alpaca_left]
         mined, hard, mined_report = _mined(r, left, harmful_report["refusal_pool"])
@@ -261,9 +258,8 @@ def build(r: Run, tmp: Path) -> dict:
     rows = zip(similar + plain + mined, answers, sources_of)
     benign = [Example(q, ans, src, HELPFUL) for q, ans, src in rows if ans and not judge(ans)]
     refused = sum(1 for ans in answers if ans and judge(ans))
-    if r.cfg.align.get("mined"):
-        used = Counter(e.source for e in harmful + benign)
-        benign_report |= {source: {**row, "used": used[source]} for source, row in mined_report.items()}
+    used = Counter(e.source for e in harmful + benign)
+    benign_report |= {source: {**row, "used": used[source]} for source, row in mined_report.items()}
     train_cfg = TrainConfig(**_align_settings(r)["train"], seed=a.seed)
     losses = train(base.model, base.chat, harmful + benign, train_cfg)
 
