@@ -99,3 +99,20 @@ def test_every_baselines_learning_prompts_are_disjoint(run, reported):
         pools[name] = [p.text for p in load_prompts(name)]
     for what, texts in pools.items():
         _assert_disjoint(reported, texts, what)
+
+
+def test_the_successors_pools_are_disjoint_from_reported_and_validation_prompts(run, reported):
+    """CAST, AdaSteer, AlphaSteer and LLM-VA draw from their sources after the rule: the whole cleared sources (a
+    superset of any draw) share nothing with a reported prompt or a validation prompt."""
+    from scans.methods.pools import PoolSpec, pool_texts
+
+    validation = Blocklist([p.text for ps in tune.validation(run).values() for p in ps], run.cfg.overlap.near_duplicate)
+    sources = set()
+    for name in ("cast", "adasteer", "alphasteer", "llm_va"):
+        m = methods.build(methods.node(run.cfg, name))
+        sources |= {m.harmful, m.benign}
+    for spec in sorted(sources):
+        texts, overlap = pool_texts(run, PoolSpec(spec), 0, "test")
+        assert overlap["kept"] == len(texts) > 0
+        _assert_disjoint(reported, texts, f"successor pool {spec}")
+        _assert_disjoint(validation, texts, f"successor pool {spec} (validation)")

@@ -78,6 +78,7 @@ def test_default_rows_follow_the_papers_order():
     assert [methods.build(methods.node(cfg, n)).name for n in cfg.methods] == [
         "Default", "Prompt", "Self-CD", "SafeDecoding", "DRO", "SCANS (paper recipe)", "SCANS (tuned)",
         "SCANS (tuned, two magnitudes)", "SCANS + classifier", "ActAdd (always)", "False-refusal ablation",
+        "CAST", "AdaSteer", "AlphaSteer", "LLM-VA",
     ]  # fmt: skip
 
 

@@ -104,6 +104,11 @@ def test_pipeline_writes_table2_in_the_papers_layout(finished):
     text = (report_dir(tmp) / "table2.md").read_text()
     assert "Llama2-7b-chat (paper)" in text and "## Difference from Default" in text
     assert "[local](local/index.md)" in (tmp / "report" / "index.md").read_text().replace("`", "")
+    frontier = pd.read_csv(report_dir(tmp) / "frontier.csv")  # every row as one point, Default first
+    assert (
+        frontier["method"].tolist() == ["Default", "SCANS (paper recipe)"]
+        and (report_dir(tmp) / "frontier.png").is_file()
+    )
     claim = pd.read_csv(report_dir(tmp) / "claim.csv")  # the SCANS row against the paper's claim, set by set
     assert set(claim["method"]) == {"SCANS (paper recipe)"} and "xstest_unsafe" in set(claim["set"])
 

@@ -15,7 +15,6 @@ stays within `tune.max_harmful_drop` of Default's.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Iterator
@@ -27,14 +26,12 @@ import torch
 
 from scans.artifacts import load_tensors, save_tensors, stable_hash
 from scans.config import parse_layers
-from scans.data import dataset_key, load_prompts
+from scans.data import load_prompts
 from scans.methods.base import Intervention, Method, check_disjoint
-from scans.methods.default import Default
+from scans.methods.fitted import choose_on_validation, fit_key
 from scans.models import decoder_layers, encode
 from scans.steering import hidden_states
-from scans.steering.tuning import behaviour, select_setting
 
-log = logging.getLogger(__name__)
 DIRECTIONS = "directions.safetensors"
 DIRECTIONS_PART, LAYER_PART = "directions", "layer"
 
@@ -105,18 +102,8 @@ class FalseRefusalAblation(Method):
         object.__setattr__(self, "candidate_layers", tuple(int(x) for x in self.candidate_layers))
 
     def key(self, run) -> str:
-        s = self.settings()
-        for k in ("layer", "candidate_layers"):
-            s.pop(k)
         sets = [self.pseudo_harmful, self.harmful, self.harmless]
-        return stable_hash(
-            {
-                "model": run.model_identity,
-                "settings": s,
-                "overlap": dict(run.cfg.overlap),
-                "data": [dataset_key(n) for n in sets],
-            }  # fmt: skip
-        )
+        return fit_key(run, self, sets, leave_out=("layer", "candidate_layers"))
 
     def upstream(self, run) -> dict:
         return {"directions": self.key(run)}
@@ -187,16 +174,10 @@ class FalseRefusalAblation(Method):
 
     def _choose(self, run) -> dict:
         candidates = self.candidate_layers or tuple(parse_layers(f"0-{run.num_layers - 1}", run.num_layers, "layers"))
-        start = time.perf_counter()
-        default = behaviour(run.artifact("validation_flags", method=Default()))
-        grid = []
-        for layer in candidates:
-            rates = behaviour(run.artifact("validation_flags", method=replace(self, layer=layer)))
-            grid.append({"alpha": 0.0, "layer": layer, **rates})
-            log.info("false-refusal ablation: layer %d -> %s", layer, rates)
-        best, cap_met = select_setting(grid, default["harmful"], run.cfg.tune.max_harmful_drop)
-        return {"layer": best["layer"], "cap_met": cap_met, "default": default, "grid": grid,
-                "seconds": time.perf_counter() - start}  # fmt: skip
+        record = choose_on_validation(
+            run, [({"layer": layer}, replace(self, layer=layer)) for layer in candidates], "false-refusal ablation"
+        )
+        return {"layer": record.pop("choice")["layer"], **record}
 
     def intervention(self, run) -> Ablation:
         return Ablation(self.directions(run)[self.layer])

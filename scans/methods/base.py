@@ -156,6 +156,13 @@ class Trained:
         return run.artifact("prepared", method=self).summary
 
 
+def layer_spec(value) -> tuple[int, ...] | str | None:
+    """A YAML layer spec kept as given ("9-18", a segment name) or a list made a tuple (hashable, frozen)."""
+    if value is None or isinstance(value, str):
+        return value
+    return (int(value),) if isinstance(value, int) else tuple(int(x) for x in value)
+
+
 def check_disjoint(run: MethodContext, texts: list[str], what: str) -> dict:
     """The disjointness rule over prompts a method learns from; returns the counts and the removed prompts."""
     result = rule(run.cfg).check(texts)
@@ -185,6 +192,7 @@ __all__ = [
     "gather_positions",
     "insert_encoded",
     "insert_rows",
+    "layer_spec",
     "method_key",
     "teacher_forced_logits",
 ]

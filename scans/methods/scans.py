@@ -15,18 +15,11 @@ import torch
 from scans.config import parse_layers
 from scans.errors import ConfigError
 from scans.methods import headline
-from scans.methods.base import Method
+from scans.methods.base import Method, layer_spec
 from scans.steering import Steering, harm_similarity, steer_sign
 from scans.steering import classify as classify_queries
 from scans.steering.tuning import TunedChoice, TunedClassifier
 from scans.steering.vectors import steering_vectors
-
-
-def _layers(value) -> tuple[int, ...] | str | None:
-    """A YAML layer spec kept as given ("9-18", a segment name) or a list made a tuple (hashable, frozen)."""
-    if value is None or isinstance(value, str):
-        return value
-    return (int(value),) if isinstance(value, int) else tuple(int(x) for x in value)
 
 
 @dataclass(frozen=True)
@@ -48,8 +41,8 @@ class Scans(Method):
     def __post_init__(self):
         if self.two_magnitudes and not self.tuned:
             raise ConfigError(f"{self.name}: two_magnitudes: true takes its magnitudes from the tune stage (tuned)")
-        object.__setattr__(self, "steer_layers", _layers(self.steer_layers))
-        object.__setattr__(self, "classify_layers", _layers(self.classify_layers))
+        object.__setattr__(self, "steer_layers", layer_spec(self.steer_layers))
+        object.__setattr__(self, "classify_layers", layer_spec(self.classify_layers))
 
     def resolve(self, run) -> Scans:
         if self.tuned and self.alpha is None:
@@ -185,7 +178,7 @@ class ActAdd(Method):
     normalize: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "steer_layers", _layers(self.steer_layers))
+        object.__setattr__(self, "steer_layers", layer_spec(self.steer_layers))
 
     def resolve(self, run) -> ActAdd:
         head = headline(run)

@@ -192,10 +192,14 @@ def table3_row(r: Run, method: Method) -> dict:
 
 
 def methods(r: Run) -> list[Method]:
-    """Default and the headline SCANS row; every row of Table 2 with capability.all_methods=true."""
+    """Default, the headline SCANS row and the rows of `capability.also` that the run has; every row of Table 2 with
+    capability.all_methods=true."""
     if r.cfg.capability.get("all_methods"):
         return methods_lib.with_default(methods_lib.rows(r))
-    return [Default(), methods_lib.headline(r)]
+    if r.cfg.get("method") is not None:
+        return [Default(), methods_lib.headline(r)]
+    also = [methods_lib.load(r, n) for n in methods_lib.names(r) if n in (r.cfg.capability.get("also") or [])]
+    return [Default(), methods_lib.headline(r), *also]
 
 
 def complete(r: Run) -> bool:

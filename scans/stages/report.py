@@ -31,6 +31,7 @@ from scans.report.analysis import span
 from scans.report.capability import table3, table3_markdown, table4, table4_markdown
 from scans.report.claim import CONDITIONS, claim_markdown, claim_table
 from scans.report.classifiers import classifiers_markdown, classifiers_table, disjointness_markdown
+from scans.report.frontier import frontier_figure, frontier_markdown, frontier_table
 from scans.report.methods import methods_markdown, methods_table
 from scans.report.organism import (
     BAND_SETS,
@@ -68,6 +69,7 @@ from scans.stages import (
 from scans.stages.context import Run
 
 log = logging.getLogger(__name__)
+SUCCESSORS = ("cast", "adasteer", "alphasteer", "llm_va")  # the rows issue 34 added, marked on the frontier page
 CLAIM_SETS = [s for s, _, _ in CONDITIONS]
 
 
@@ -120,12 +122,29 @@ def run(r: Run) -> Path:
         out / "disjointness.md",
         disjointness_markdown(disjointness_rows(r), blocked_sets(r.cfg, learned=False), o.near_duplicate),
     )
-    capability_tables(r, out)
+    t3, t4 = capability_tables(r, out)
+    frontier_page(r, out, listed, t3, t4)
     analysis_outputs(r, out)
     write_text_atomic(out / "index.md", index_page(out, r.model_name))
     write_text_atomic(out.parent / "index.md", root_index(out.parent))
     log.info("report: wrote %s", out)
     return out
+
+
+def frontier_page(r: Run, out: Path, listed: list[Method], t3: pd.DataFrame | None, t4: pd.DataFrame | None) -> None:
+    """frontier.md, .csv and .png: each row's benign against harmful refusal (Table 2's sets pooled by label), with
+    its capability loss and cost."""
+    rows = methods.with_default(listed)
+    lay = layout_of(list(r.eval_sets))
+    table = frontier_table({m.name: counts(r, m, lay.sets) for m in rows}, lay, t3, t4)
+    new = [methods.load(r, n).name for n in SUCCESSORS if n in methods.names(r)]
+    n = {len(r.eval_sets[s]) for s in lay.sets}
+    sizes = f"{n.pop()} prompts per set" if len(n) == 1 else "Table 2's sizes"
+    write_text_atomic(out / "frontier.csv", table.to_csv(index=False, float_format="%.2f"))
+    write_text_atomic(
+        out / "frontier.md", frontier_markdown(table, r.model_name, r.cfg.judge.name, lay.sets, sizes, new)
+    )
+    frontier_figure(table, out / "frontier.png", r.model_name, new)
 
 
 def claim_page(r: Run, out: Path, full: list[str]) -> None:
@@ -372,6 +391,7 @@ def remove_pages(out: Path, name: str, suffixes: tuple[str, ...] = ("md", "csv",
 INDEX_ORDER = (
     ("table1", "Table 1: layer anchoring"), ("table2", "Table 2: refusal rates"),
     ("table2_full", "Table 2 on all of XSTest"), ("claim", "The paper's claim, tested"),
+    ("frontier", "The frontier: benign against harmful refusal, capability, cost"),
     ("table3", "Table 3: capability"),
     ("table4", "Table 4: cost"), ("table5", "Table 5: steering layers"), ("table6", "Table 6: multiplier α"),
     ("table7", "Table 7: threshold 𝒯"),
@@ -380,7 +400,12 @@ INDEX_ORDER = (
     ("classifiers", "Harm classifiers (Figures 4-5)"),
     ("disjointness", "Disjointness"),
 )  # fmt: skip
-FIGURES = (("figure4.png", "Figure 4"), ("figure5.png", "Figure 5"), ("refusal_score.png", "Refusal score per layer"))
+FIGURES = (
+    ("frontier.png", "The frontier"),
+    ("figure4.png", "Figure 4"),
+    ("figure5.png", "Figure 5"),
+    ("refusal_score.png", "Refusal score per layer"),
+)
 
 
 def index_page(out: Path, model: str) -> str:
@@ -423,24 +448,25 @@ def _not_yet(out: Path, name: str, title: str, command: str, model: str) -> None
     _write_sweep(out, name, pd.DataFrame(), md, model)
 
 
-def capability_tables(r: Run, out: Path) -> None:
+def capability_tables(r: Run, out: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """Tables 3 and 4 from the `capability` and `cost` stages' artifacts; a table whose stage has not run is listed as
-    not computed (`stage=all` runs both before the report)."""
+    not computed (`stage=all` runs both before the report). Returns them (None where not computed)."""
     c = r.cfg.capability
+    t3 = None
     if not capability.complete(r):
         _not_yet(out, "table3", "Table 3: capability", "python -m scans stage=capability", r.model_name)
     else:
-        _table3(r, out)
+        t3 = _table3(r, out)
     if not cost.complete(r):
         _not_yet(out, "table4", "Table 4: cost", "python -m scans stage=cost", r.model_name)
-        return
+        return t3, None
     result = cost.run(r)
-    write_table(
-        out, "table4", table4(result["rows"]), table4_markdown(result, c.cost.max_new_tokens, c.cost.prompt_tokens)
-    )
+    t4 = table4(result["rows"])
+    write_table(out, "table4", t4, table4_markdown(result, c.cost.max_new_tokens, c.cost.prompt_tokens))
+    return t3, t4
 
 
-def _table3(r: Run, out: Path) -> None:
+def _table3(r: Run, out: Path) -> pd.DataFrame:
     c = r.cfg.capability
     rows = capability.run(r)
     df = table3(rows)
@@ -457,3 +483,4 @@ def _table3(r: Run, out: Path) -> None:
     md = table3_markdown(df, sizes, default.get("crosscheck"), methods.headline(r).name, items)
     write_table(out, "table3", df, md, "%.3f")
     print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    return df

@@ -161,7 +161,8 @@ def base_run(r: Run) -> Run | None:
 
 def full_rows(r: Run) -> list[Method]:
     """The rows also run on every prompt of `steer.full.sets`: those of `steer.full.methods` that this run has and,
-    with `best_other`, the other row (not Default) with the best balanced accuracy on Table 2's own sets: the mean of
+    with `best_other`, the other row (not Default) with the best balanced accuracy on Table 2's own sets (and the best
+    of the rows of `best_of` by the same measure, unless it is already there): the mean of
     its refusal rates on the harmful sets and of its answer rates on the benign ones, judged by `judge.fit` (so that a
     report judged by another judge, `stage=judge judge=...`, asks for the rows that steer ran). Default always
     comes first: the full table's differences are against it. None when `method=<name>` runs one row alone."""
@@ -174,6 +175,10 @@ def full_rows(r: Run) -> list[Method]:
     others = [m for m in others if not isinstance(m, Default)]
     if f.best_other and others:
         chosen.append(max(others, key=lambda m: balanced_accuracy(r, m)))
+    group = [methods_lib.load(r, n) for n in listed if n in (f.get("best_of") or [])]
+    if group:  # the best of these rows too (the successors), unless already there
+        best = max(group, key=lambda m: balanced_accuracy(r, m))
+        chosen += [] if best in chosen else [best]
     return methods_lib.with_default(chosen)
 
 

@@ -98,11 +98,23 @@ def validation_behaviours(r: Run, settings: list[tuple]) -> list[dict]:
     return [behaviour(flags) for flags in validation_flags(r, settings)]
 
 
+@view("validation_subset")
+def validation_subset(r: Run) -> dict[str, list]:
+    """The validation generation subset's prompts per label, in the order of their `validation_flags`."""
+    items = [p for prompts in validation(r).values() for p in prompts]
+    return {lab: [items[i] for i in idx] for lab, idx in generation_subset(r, items).items()}
+
+
+@view("validation_split")
+def _validation_split(r: Run) -> dict[str, list]:
+    """The whole validation split, per set (what the classifiers' choices read: labels, no generation)."""
+    return validation(r)
+
+
 def validation_responses(r: Run, settings: list[tuple]) -> list[dict[str, list[dict]]]:
     """Per setting (method, coefficients per label or None), its responses on the validation generation subset, per
     label (`steer.respond_jobs` rows)."""
-    items = [p for prompts in validation(r).values() for p in prompts]
-    subsets = {f"validation-{lab}": [items[i] for i in idx] for lab, idx in generation_subset(r, items).items()}
+    subsets = {f"validation-{lab}": prompts for lab, prompts in validation_subset(r).items()}
     jobs = [(m, subsets, None if c is None else {f"validation-{lab}": v for lab, v in c.items()}) for m, c in settings]
     return [
         {name.removeprefix("validation-"): rows for name, rows in responses.items()}

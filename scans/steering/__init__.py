@@ -1,6 +1,6 @@
 """The steering library: activations, the SCANS equations, the steering hook, generation. No Hydra, no file I/O."""
 
-from scans.steering.activations import hidden_states, record_layer_outputs
+from scans.steering.activations import hidden_states, last_token_outputs, record_layer_outputs
 from scans.steering.batching import PaddedBatch, pad_left
 from scans.steering.classifier import Classification, classify, harm_reference
 from scans.steering.generation import DecodingConfig, Steering, generate
@@ -26,6 +26,7 @@ __all__ = [
     "harm_reference",
     "harm_similarity",
     "hidden_states",
+    "last_token_outputs",
     "layer_similarities",
     "pad_left",
     "record_layer_outputs",

@@ -86,3 +86,34 @@ def hidden_states(
         out[idx] = gathered.float().cpu()
     assert out is not None
     return out
+
+
+@torch.no_grad()
+def last_token_outputs(
+    model, rows: Sequence[Sequence[int]], modules: dict[str, torch.nn.Module], batch_size: int = 16, desc=None
+) -> dict[str, torch.Tensor]:
+    """Each named module's output (N, D) float32 at every row's last token (sublayer outputs: an attention output
+    projection, an MLP down projection)."""
+    device = input_device(model)
+    out: dict[str, torch.Tensor] = {}
+    batches = list(length_sorted_batches([len(r) for r in rows], batch_size))
+    for idx in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+        batch = pad_left([rows[i] for i in idx], device)  # left padding: the last column is every row's last token
+        store: dict[str, torch.Tensor] = {}
+        handles = []
+        try:
+            for name, module in modules.items():
+
+                def hook(module, args, output, name=name):
+                    store[name] = layer_output(output)[:, -1].float().cpu()
+
+                handles.append(module.register_forward_hook(hook))
+            base_forward(model, batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, value in store.items():
+            if name not in out:
+                out[name] = torch.empty((len(rows), value.shape[-1]), dtype=torch.float32)
+            out[name][idx] = value
+    return out
