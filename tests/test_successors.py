@@ -230,6 +230,7 @@ def tiny_run(tiny_model_dir, tmp_path, data_dir, monkeypatch):
     cfg = make_cfg(
         tiny_model_dir, tmp_path, "judge.name=even_length", "judge.fit=even_length", "tune.validation_limit=8",
         "methods=[default,scans_paper,cast,adasteer,alphasteer,llm_va]",
+        "method_overrides.llm_va.selects=[0.25,0.75]",  # two shares: their sequences share the first iteration's probes
     )  # fmt: skip
     return Run(cfg)
 

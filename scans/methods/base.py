@@ -54,7 +54,8 @@ class MethodContext(Protocol):
     `artifact(name, **inputs)` returns the named artifact (built first, once, when missing); `key(name, **inputs)` its
     key alone, computed without a forward pass, a fit or a model load (a method's `upstream`). The names are those
     the stages register (`scans.stages.producers`): `vectors`, `tuned`, `similarities`, `classifier`,
-    `classifier_scores`, `prepared`, `validation_flags`."""
+    `classifier_scores`, `prepared`, `validation_flags`, `validation_subset` (the prompts those flags are of, per
+    label), `validation_split` (the whole validation split, per set)."""
 
     cfg: DictConfig
     methods_cache: dict

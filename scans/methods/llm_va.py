@@ -175,7 +175,8 @@ class LlmVa(Method):
                     p = sample["probes"][layer, kind]
                     edits.append(Edit(layer, kind, p["v_a"], p["v_b"], p["sigma_a"] / p["sigma_b"]))
                 for j in range(len(edits) - len(chosen), len(edits)):  # the j-th edit of this share's sequence
-                    tensors[f"{s}/{j}/v_a"], tensors[f"{s}/{j}/v_b"] = edits[j].v_a, edits[j].v_b
+                    # copies: the first iteration's probes are shared by every share's sequence
+                    tensors[f"{s}/{j}/v_a"], tensors[f"{s}/{j}/v_b"] = edits[j].v_a.clone(), edits[j].v_b.clone()
                 record[str(s)].append({
                     "iteration": k, "answered": sample["answered"],
                     "edits": [[e.layer, e.kind, e.ratio] for e in edits],
