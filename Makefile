@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m scans
 
-.PHONY: setup qwen lint test reproduce sweeps capability-all reproduce-all bench report judges clean
+.PHONY: setup qwen lint test reproduce sweeps capability-all jailbreak reproduce-all bench report judges clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +63,13 @@ capability-all:
 	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=capability capability.all_methods=true
 	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=report capability.all_methods=true
 
-reproduce-all: reproduce capability-all
+# Every row of Table 2 under each jailbreak attack of configs/attack (issue 35; configs/jailbreak), then the report:
+# results/report/<model>/jailbreak.md, .csv and .png.
+jailbreak:
+	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=jailbreak
+	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=report
+
+reproduce-all: reproduce capability-all jailbreak
 
 report:
 	$(RUN) stage=report

@@ -16,7 +16,7 @@ from scans.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # the Hydra config groups
 STAGES = (
     "align", "extract", "anchor", "classify", "tune", "prepare", "analyze", "steer", "judge", "capability", "cost",
-    "report", "judge_agreement", "sweep", "sweeps", "export", "all",
+    "report", "judge_agreement", "sweep", "sweeps", "export", "jailbreak", "all",
 )  # fmt: skip
 ANCHOR_LAYERS = "anchor"  # steer.layers=anchor: the layers the `anchor` stage's refusal score suggests
 SEGMENTS = ("former", "middle", "latter")  # steer.layers=middle: a segment of `analysis.segments` (Table 5)

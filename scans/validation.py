@@ -10,6 +10,7 @@ from scans.analysis.anchoring import segments
 from scans.capability.mmlu import check_subjects
 from scans.config import ANCHOR_LAYERS, SEGMENTS, STAGES, SWEEP_VARIES, number, parse_layers, positive_int
 from scans.data import BENIGN, HARMFUL, catalogue, configure_from, eval_sets, load_prompts
+from scans.data.attacks import attacks, select_attacks
 from scans.data.catalogue import builtin
 from scans.errors import ConfigError
 from scans.judge import get_judge
@@ -100,6 +101,30 @@ def validate(cfg: DictConfig) -> None:
             )
     validate_classifiers(cfg)
     validate_methods(cfg)
+    validate_jailbreak(cfg)
+
+
+def validate_jailbreak(cfg: DictConfig) -> None:
+    """The attacks are known and well formed, the sets are harmful evaluation sets of the run, the judges exist."""
+    j = cfg.get("jailbreak")
+    if j is None:
+        return
+    custom = OmegaConf.to_container(j.custom, resolve=True) if j.get("custom") else {}
+    select_attacks(list(j.attacks), attacks(custom, list(j.get("attack_dirs") or [])))
+    known = eval_sets()
+    for name in j.sets:
+        if name not in cfg.data.eval_sets:
+            raise ConfigError(f"jailbreak.sets: {name!r} is not in data.eval_sets")
+        if name in known and known[name].label != HARMFUL:
+            raise ConfigError(f"jailbreak.sets: {name!r} is a {known[name].label} set; attacks wrap harmful prompts")
+    for name in j.judges:
+        try:
+            get_judge(name)
+        except ConfigError as exc:
+            raise ConfigError(f"jailbreak.judges: {exc}") from None
+    if isinstance(j.samples, bool) or not isinstance(j.samples, int) or j.samples < 0:
+        raise ConfigError(f"jailbreak.samples={j.samples!r} must be a whole number (0: none kept)")
+    number(j.disagreement, "jailbreak.disagreement", 0.0, 100.0)
 
 
 def validate_data(cfg: DictConfig) -> None:

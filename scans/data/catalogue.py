@@ -9,34 +9,41 @@ A name may be defined once: a run's set cannot silently replace a built-in one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from scans.data.spec import DatasetSpec, spec_from_mapping
 from scans.errors import ConfigError, DataError
 
+T = TypeVar("T")
 SETS_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "data" / "sets"
 
 # The run's own entries (configure replaces them as a whole, so one run's sets never leak into the next).
 _extra: dict[str, DatasetSpec] = {}
 
 
-def _read_dir(folder: Path) -> dict[str, DatasetSpec]:
+def read_entries(folder: Path, what: str, make: Callable[[str, Any, str], T]) -> dict[str, T]:
+    """Every `<name>.yaml` of `folder`, made an entry by `make(name, mapping, origin)` (a dataset here, an attack in
+    `scans.data.attacks`)."""
     if not folder.is_dir():
-        raise ConfigError(f"data set folder {folder} does not exist")
-    specs = {}
+        raise ConfigError(f"{what} folder {folder} does not exist")
+    out = {}
     for path in sorted(folder.glob("*.yaml")):
         try:
             entry = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
-            raise ConfigError(f"dataset file {path} is not valid YAML ({' '.join(str(error).split())})") from error
-        specs[path.stem] = spec_from_mapping(path.stem, entry, str(path))
-    return specs
+            raise ConfigError(f"{what} file {path} is not valid YAML ({' '.join(str(error).split())})") from error
+        out[path.stem] = make(path.stem, entry, str(path))
+    return out
+
+
+def _read_dir(folder: Path) -> dict[str, DatasetSpec]:
+    return read_entries(folder, "dataset", spec_from_mapping)
 
 
 @cache

@@ -80,9 +80,17 @@ class Scans(Method):
             return signs * self.alpha
         return torch.where(signs > 0, signs * self.alpha_harmful, signs * self.alpha)
 
+    def scores(self, run, prompts, name) -> torch.Tensor:
+        """(N, L) per-layer similarities σ(q) reads (Eqs. 2-3), cached per named set."""
+        return layer_similarities(run, prompts, name)
+
     def coefficients(self, run, prompts, name) -> torch.Tensor:
         """σ(q)·α per query of a prompt set."""
-        return self.coefficients_from(layer_similarities(run, prompts, name))
+        return self.coefficients_from(self.scores(run, prompts, name))
+
+    def called_harmful(self, run, prompts, name) -> torch.Tensor:
+        """σ(q) = +1 per query (bool): whatever the row then adds (the two-magnitude row adds nothing there)."""
+        return self.signs(self.scores(run, prompts, name)) > 0
 
     def response_inputs(self, coefficients) -> dict:
         """A steered generation depends on 𝓛 and 𝒯 only through each prompt's σ(q): the key holds the signs
@@ -133,12 +141,9 @@ class ScansClassifier(Scans):
             "classifier": run.key("classifier", kind=self.kind, anchors=self.anchors),
         }
 
-    def coefficients(self, run, prompts, name) -> torch.Tensor:
-        """The classifier's sign times α per query."""
-        scores = run.artifact(
-            "classifier_scores", kind=self.kind, anchors=self.anchors, name=name, prompts=list(prompts)
-        )
-        return self.coefficients_from(scores)
+    def scores(self, run, prompts, name) -> torch.Tensor:
+        """The classifier's per-layer scores, whose sign (at its 𝓛 and 𝒯) replaces σ(q)."""
+        return run.artifact("classifier_scores", kind=self.kind, anchors=self.anchors, name=name, prompts=list(prompts))
 
     def response_inputs(self, coefficients) -> dict:
         out = super().response_inputs(coefficients)

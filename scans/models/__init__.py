@@ -1,6 +1,6 @@
 """Model loading, chat formatting and layer access."""
 
-from scans.models.chat import CHAT_FORMATS, ChatFormat, Encoded, encode, make_chat_format
+from scans.models.chat import CHAT_FORMATS, ChatFormat, Encoded, PrefilledFormat, encode, make_chat_format
 from scans.models.loading import LoadedModel, decoder_layers, load_model, prepare_tokenizer
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "ChatFormat",
     "Encoded",
     "LoadedModel",
+    "PrefilledFormat",
     "decoder_layers",
     "encode",
     "load_model",

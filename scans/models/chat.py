@@ -80,6 +80,23 @@ class TokenizerTemplateFormat(ChatFormat):
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+class PrefilledFormat(ChatFormat):
+    """Another format's prompt with the assistant's turn already started by `prefill` (the prefill jailbreak attack):
+    the model's input, and so its end of instruction, ends with the prefill. Whatever reads the prompt (σ(q)'s
+    "prompt + Sure", the steering positions) reads the input the model is given."""
+
+    name = "prefilled"
+
+    def __init__(self, base: ChatFormat, prefill: str):
+        super().__init__(base.tokenizer, base.system_prompt)
+        self.base = base
+        self.prefill = prefill
+
+    def prompt(self, query: str) -> str:
+        prompt = self.base.prompt(query)
+        return prompt + ("" if prompt[-1:].isspace() else " ") + self.prefill
+
+
 CHAT_FORMATS: dict[str, type[ChatFormat]] = {
     cls.name: cls for cls in (Llama2Format, VicunaFormat, TokenizerTemplateFormat)
 }

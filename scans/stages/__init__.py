@@ -16,6 +16,7 @@ from scans.stages import (
     cost,
     export,
     extract,
+    jailbreak,
     judge,
     judge_agreement,
     prepare,
@@ -45,6 +46,7 @@ STAGES: dict[str, Callable[[Run], object]] = {
     "sweep": sweep.run,
     "sweeps": sweep.run_all,
     "export": export.run,
+    "jailbreak": jailbreak.run,
 }
 PIPELINE = (
     "align", "extract", "anchor", "classify", "tune", "prepare", "analyze", "steer", "judge", "capability", "cost",

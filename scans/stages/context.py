@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from functools import cached_property
 from typing import Any
@@ -46,6 +48,16 @@ class Run:
         self.store = ArtifactStore(cfg.paths.artifacts)
         self.methods_cache: dict = {}  # resolved methods by config name (scans.methods.load)
         self.interventions_cache: dict = {}  # interventions by method (scans.methods.intervention)
+        self._chat = None  # a chat format in place of the model's own (`with_chat`)
+
+    def with_chat(self, chat) -> Run:
+        """This run with its model's chat format replaced (the prefill attack: `scans.models.PrefilledFormat`): the
+        same config, store, model and keys, so artifacts keyed by the model (vectors, what a method fitted) are the
+        plain run's, built first by it; fresh method caches, as what a method memoizes of prompt states belongs to
+        the other format. Only what is keyed by a set's name (responses, σ(q)'s states) may be built under it."""
+        view = copy.copy(self)
+        view.methods_cache, view.interventions_cache, view._chat = {}, {}, chat
+        return view
 
     def artifact(self, name: str, /, **inputs) -> Any:
         """The artifact `name` (a producer of `scans.stages.producers`) for these inputs, built first when it is
@@ -103,7 +115,7 @@ class Run:
             pinned = {**OmegaConf.to_container(self.cfg.model, resolve=True), "source": self.model_identity["source"]}
             location = self.source.materialize(OmegaConf.create(pinned), self.model_cache)
             _MODELS[key] = load_model(self.cfg.model, cache_dir=self.model_cache, location=location)
-        return _MODELS[key]
+        return _MODELS[key] if self._chat is None else dataclasses.replace(_MODELS[key], chat=self._chat)
 
     @property
     def _loaded_key(self) -> str:

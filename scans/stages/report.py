@@ -32,6 +32,7 @@ from scans.report.capability import table3, table3_markdown, table4, table4_mark
 from scans.report.claim import CONDITIONS, claim_markdown, claim_table
 from scans.report.classifiers import classifiers_markdown, classifiers_table, disjointness_markdown
 from scans.report.frontier import frontier_figure, frontier_markdown, frontier_table
+from scans.report.jailbreak import jailbreak_csv, jailbreak_figure, jailbreak_markdown, jailbreak_table
 from scans.report.methods import methods_markdown, methods_table
 from scans.report.organism import (
     BAND_SETS,
@@ -61,6 +62,7 @@ from scans.stages import (
     anchor,
     capability,
     cost,
+    jailbreak,
     judge,
     steer,
     sweep,
@@ -124,6 +126,7 @@ def run(r: Run) -> Path:
     )
     t3, t4 = capability_tables(r, out)
     frontier_page(r, out, listed, t3, t4)
+    jailbreak_page(r, out)
     analysis_outputs(r, out)
     write_text_atomic(out / "index.md", index_page(out, r.model_name))
     write_text_atomic(out.parent / "index.md", root_index(out.parent))
@@ -145,6 +148,24 @@ def frontier_page(r: Run, out: Path, listed: list[Method], t3: pd.DataFrame | No
         out / "frontier.md", frontier_markdown(table, r.model_name, r.cfg.judge.name, lay.sets, sizes, new)
     )
     frontier_figure(table, out / "frontier.png", r.model_name, new)
+
+
+def jailbreak_page(r: Run, out: Path) -> None:
+    """jailbreak.md, .csv and .png from the `jailbreak` stage's result; until it has run, a page that says how."""
+    if not jailbreak.complete(r):
+        for suffix in ("csv", "png"):
+            (out / f"jailbreak.{suffix}").unlink(missing_ok=True)
+        write_text_atomic(out / "jailbreak.md", (
+            "# Jailbreaks: harmful refusal under attack\n\nNot computed for "
+            f"`{r.model_name}` with these settings yet: `make jailbreak MODEL=...` (part of `make reproduce-all`).\n"
+        ))  # fmt: skip
+        return
+    result = jailbreak.run(r)
+    table = jailbreak_table(result)
+    write_text_atomic(out / "jailbreak.csv", jailbreak_csv(table))
+    md = jailbreak_markdown(result, table, r.model_name, float(r.cfg.jailbreak.disagreement))
+    write_text_atomic(out / "jailbreak.md", md)
+    jailbreak_figure(table, out / "jailbreak.png", r.model_name)
 
 
 def claim_page(r: Run, out: Path, full: list[str]) -> None:
@@ -392,6 +413,7 @@ INDEX_ORDER = (
     ("table1", "Table 1: layer anchoring"), ("table2", "Table 2: refusal rates"),
     ("table2_full", "Table 2 on all of XSTest"), ("claim", "The paper's claim, tested"),
     ("frontier", "The frontier: benign against harmful refusal, capability, cost"),
+    ("jailbreak", "Jailbreaks: harmful refusal under attack"),
     ("table3", "Table 3: capability"),
     ("table4", "Table 4: cost"), ("table5", "Table 5: steering layers"), ("table6", "Table 6: multiplier α"),
     ("table7", "Table 7: threshold 𝒯"),
@@ -402,6 +424,7 @@ INDEX_ORDER = (
 )  # fmt: skip
 FIGURES = (
     ("frontier.png", "The frontier"),
+    ("jailbreak.png", "Robustness to jailbreaks"),
     ("figure4.png", "Figure 4"),
     ("figure5.png", "Figure 5"),
     ("refusal_score.png", "Refusal score per layer"),
