@@ -10,7 +10,7 @@ from scans.analysis.anchoring import segments
 from scans.capability.mmlu import check_subjects
 from scans.config import ANCHOR_LAYERS, SEGMENTS, STAGES, SWEEP_VARIES, number, parse_layers, positive_int
 from scans.data import BENIGN, HARMFUL, catalogue, configure_from, eval_sets, load_prompts
-from scans.data.attacks import attacks, select_attacks
+from scans.data.attacks import configured_attacks
 from scans.data.catalogue import builtin
 from scans.errors import ConfigError
 from scans.judge import get_judge
@@ -109,8 +109,7 @@ def validate_jailbreak(cfg: DictConfig) -> None:
     j = cfg.get("jailbreak")
     if j is None:
         return
-    custom = OmegaConf.to_container(j.custom, resolve=True) if j.get("custom") else {}
-    select_attacks(list(j.attacks), attacks(custom, list(j.get("attack_dirs") or [])))
+    configured_attacks(j)
     known = eval_sets()
     for name in j.sets:
         if name not in cfg.data.eval_sets:

@@ -98,3 +98,12 @@ def select_attacks(names: Sequence[str], known: Mapping[str, Attack]) -> list[At
             f"see {ATTACK_DIR / 'README.md'})"
         )
     return [known[n] for n in names]
+
+
+def configured_attacks(jailbreak) -> list[Attack]:
+    """The attacks a run's `jailbreak` config names (`attacks`), with its folders (`attack_dirs`) and inline entries
+    (`custom`) known beside the built-in ones."""
+    from omegaconf import OmegaConf
+
+    custom = OmegaConf.to_container(jailbreak.custom, resolve=True) if jailbreak.get("custom") else {}
+    return select_attacks(list(jailbreak.attacks), attacks(custom, list(jailbreak.get("attack_dirs") or [])))

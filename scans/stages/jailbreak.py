@@ -24,12 +24,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from scans import methods as methods_lib
 from scans.artifacts import read_json, stable_hash, write_json
 from scans.data import Prompt
-from scans.data.attacks import Attack, attacks, select_attacks
+from scans.data.attacks import Attack, configured_attacks
 from scans.errors import ConfigError
 from scans.judge import judge_flags, judge_identity
 from scans.methods import Method
@@ -46,9 +44,7 @@ PLAIN = "plain"
 
 
 def attack_list(r: Run) -> list[Attack]:
-    j = r.cfg.jailbreak
-    custom = OmegaConf.to_container(j.custom, resolve=True) if j.get("custom") else {}
-    return select_attacks(list(j.attacks), attacks(custom, list(j.get("attack_dirs") or [])))
+    return configured_attacks(r.cfg.jailbreak)
 
 
 def plain_sets(r: Run) -> dict[str, list[Prompt]]:
