@@ -69,7 +69,13 @@ jailbreak:
 	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=jailbreak
 	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=report
 
-reproduce-all: reproduce capability-all jailbreak
+# Everything: `make reproduce`, then every row's Table 3, the jailbreak columns and, for the organism, its fp32 build
+# beside the bf16 one (organism.md's comparison of the two precisions), and one report with all of them.
+PRECISIONS ?= [bfloat16,null]
+reproduce-all: reproduce
+	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=capability capability.all_methods=true
+	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=jailbreak
+	$(RUN) model=$(MODEL) experiment=$(EXPERIMENT) stage=report capability.all_methods=true 'align.precisions=$(PRECISIONS)'
 
 report:
 	$(RUN) stage=report
