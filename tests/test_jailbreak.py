@@ -217,3 +217,16 @@ def test_sigmas_harmful_calls_are_its_signs_not_the_rows_coefficients(monkeypatc
     monkeypatch.setattr(Scans, "scores", lambda self, run, prompts, name: torch.tensor([[0.9], [0.1]]))
     assert m.coefficients(None, [], None).tolist() == [0.0, -3.0]
     assert m.called_harmful(None, [], None).tolist() == [True, False]
+
+
+def test_the_responses_to_read_come_from_every_row_in_turn():
+    """Twenty from the first rows alone would be Default's twenty: each row gives its first, then its second."""
+    from scans.report.jailbreak import taken_in_turn
+
+    def row(method, n):
+        return {"method": method, "disagreements": {"x": [{"answer": f"{method}{i}"} for i in range(n)]}}
+
+    rows = [row("A", 3), row("B", 1), {"method": "C", "disagreements": {}}, row("D", 2)]
+    picked = [(m, s["answer"]) for m, s in taken_in_turn(rows, "x", 5)]
+    assert picked == [("A", "A0"), ("B", "B0"), ("D", "D0"), ("A", "A1"), ("D", "D1")]
+    assert len(taken_in_turn(rows, "x", 20)) == 6 and taken_in_turn(rows, "y", 20) == []

@@ -9,6 +9,7 @@ the responses they disagree on are listed to be read.
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,7 @@ import pandas as pd  # noqa: E402
 from scans.report.uncertainty import paired_bootstrap, wilson, with_interval  # noqa: E402
 
 PLAIN = "plain"
+READ = 20  # responses listed per attack where the judges differ (issue 35: "read 20 of those")
 
 
 def _pooled(cell: dict, key: str, judge: str | None = None) -> np.ndarray:
@@ -100,8 +102,8 @@ def jailbreak_markdown(result: dict, df: pd.DataFrame, model: str, margin: float
         f"# Jailbreaks: harmful refusal under attack (`{model}`)",
         "",
         f"Table 2's harmful prompts ({sets} = {n} per column), asked plainly and wrapped in each attack of "
-        "configs/attack; every row of Table 2. Refusal by the reporting judge "
-        f"(`{judges[0]}`), percent, 95% Wilson interval. Higher is more robust.",
+        f"configs/attack; the {len(result['rows'])} rows of this run's Table 2 (`methods`). Refusal by the reporting "
+        f"judge (`{judges[0]}`), percent, 95% Wilson interval. Higher is more robust.",
         "",
         _wide(df, lambda x: with_interval(x["refusal"], x["lo"], x["hi"]), attacks).to_markdown(index=False),
         "",
@@ -151,11 +153,20 @@ def jailbreak_markdown(result: dict, df: pd.DataFrame, model: str, margin: float
             "",
         ]  # fmt: skip
         for attack in marked["attack"]:
-            samples = [(row["method"], s) for row in result["rows"] for s in row["disagreements"].get(attack, [])]
+            samples = taken_in_turn(result["rows"], attack, READ)
             if samples:
-                parts += [f"### Responses the judges disagree on: `{attack}` (first {min(len(samples), 20)})", ""]
-                parts += _samples(samples[:20], judges[:2]) + [""]
+                parts += [f"### Responses the judges disagree on: `{attack}` ({len(samples)}, taken in turn from each "
+                          "row that has any, each row's in prompt order)", ""]  # fmt: skip
+                parts += _samples(samples, judges[:2]) + [""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def taken_in_turn(rows: list[dict], attack: str, n: int) -> list[tuple[str, dict]]:
+    """Up to `n` (method, response) pairs on which the judges disagree under `attack`: each row's first, then each
+    row's second, and so on, so that the responses read come from every row that has any, not the first rows alone."""
+    queues = [[(row["method"], s) for s in row["disagreements"].get(attack, [])] for row in rows]
+    turns = (q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q))
+    return list(islice(turns, n))
 
 
 def _samples(samples: list[tuple[str, dict]], judges: list[str]) -> list[str]:
