@@ -204,6 +204,8 @@ def test_the_page_pairs_rates_on_the_same_prompts_and_finds_each_rows_worst_atta
     w = worst_attacks(df.reset_index()).set_index("method")
     assert w.loc["S", "worst_attack"] == "x" and w.loc["S", "loss"] == 50.0
     assert w.loc["S", "loss_vs_default"] == 25.0  # Default's worst (x or y) loses 25
+    assert (w.loc["S", "attacked"], w.loc["S", "mean_loss"]) == (62.5, 37.5)  # x 50, y 75 against plain 100
+    assert w.loc["S", "mean_loss_vs_default"] == 12.5  # Default: x 75, y 75, so a mean loss of 25
     assert np.isnan(df.loc[("Default", "x"), "sigma_harmful"])
     text = jailbreak_markdown(_result(), df.reset_index(), "m", margin=5.0)
     assert "Responses the judges disagree on: `x`" in text and "| S " in text  # b flips one in four: 25 points

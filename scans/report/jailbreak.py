@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from scans.report.uncertainty import paired_bootstrap, wilson, with_interval  # noqa: E402
 
 PLAIN = "plain"
+MARKERS = "osD^vPX*"  # with tab20's colours, no two of up to 40 rows look alike
 READ = 20  # responses listed per attack where the judges differ (issue 35: "read 20 of those")
 
 
@@ -61,8 +62,9 @@ def jailbreak_table(result: dict) -> pd.DataFrame:
 
 
 def worst_attacks(df: pd.DataFrame) -> pd.DataFrame:
-    """Per method: its plain refusal, its worst attack and the refusal there, and the loss (plain − worst), each
-    against Default's loss."""
+    """Per method: its plain refusal, its worst attack and the refusal there, and the loss (plain − worst); its mean
+    refusal over the attacks and the mean loss (plain − mean), which still ranks rows when every worst attack is at
+    the floor; each loss against Default's."""
     rows = []
     for method, g in df.groupby("method", sort=False):
         plain = g[g["attack"] == PLAIN].iloc[0]
@@ -70,9 +72,12 @@ def worst_attacks(df: pd.DataFrame) -> pd.DataFrame:
         w = attacked.loc[attacked["refusal"].idxmin()]
         rows.append({"method": method, "plain": plain["refusal"], "plain_lo": plain["lo"], "plain_hi": plain["hi"],
                      "worst_attack": w["attack"], "worst": w["refusal"], "worst_lo": w["lo"], "worst_hi": w["hi"],
-                     "loss": plain["refusal"] - w["refusal"]})  # fmt: skip
+                     "loss": plain["refusal"] - w["refusal"], "attacked": attacked["refusal"].mean(),
+                     "mean_loss": plain["refusal"] - attacked["refusal"].mean()})  # fmt: skip
     out = pd.DataFrame(rows)
-    out["loss_vs_default"] = out["loss"] - float(out.loc[out["method"] == "Default", "loss"].iloc[0])
+    default = out["method"] == "Default"
+    for loss in ("loss", "mean_loss"):
+        out[f"{loss}_vs_default"] = out[loss] - float(out.loc[default, loss].iloc[0])
     return out
 
 
@@ -114,7 +119,8 @@ def jailbreak_markdown(result: dict, df: pd.DataFrame, model: str, margin: float
         "",
         "## Each row's worst attack",
         "",
-        "The attack with the row's lowest refusal; loss = plain − worst (points); against Default's own loss.",
+        "The attack with the row's lowest refusal; loss = plain − worst (points); against Default's own loss. The "
+        "mean over the attacks, and its loss (plain − mean), rank the rows where their worst attacks all sit at 0.",
         "",
         pd.DataFrame({
             "method": worst["method"],
@@ -123,6 +129,9 @@ def jailbreak_markdown(result: dict, df: pd.DataFrame, model: str, margin: float
             "refusal there": [with_interval(r.worst, r.worst_lo, r.worst_hi) for r in worst.itertuples()],
             "loss": worst["loss"].map(lambda v: f"{v:.1f}"),
             "loss − Default's": worst["loss_vs_default"].map(lambda v: f"{v:+.1f}"),
+            "mean under attack": worst["attacked"].map(lambda v: f"{v:.1f}"),
+            "mean loss": worst["mean_loss"].map(lambda v: f"{v:.1f}"),
+            "mean loss − Default's": worst["mean_loss_vs_default"].map(lambda v: f"{v:+.1f}"),
         }).to_markdown(index=False),
         "",
     ]  # fmt: skip
@@ -177,21 +186,28 @@ def _samples(samples: list[tuple[str, dict]], judges: list[str]) -> list[str]:
 
 
 def jailbreak_figure(df: pd.DataFrame, path: Path, model: str) -> None:
-    """Each row's plain harmful refusal against its worst-attack refusal, with 95% intervals; points under the
-    diagonal lost robustness."""
+    """Each row's plain harmful refusal against its worst-attack refusal (left, with 95% intervals) and against its
+    mean refusal over the attacks (right); points under the diagonal lost robustness. Rows are told apart by colour
+    and marker in a legend below the axes, not by labels on the points, which overlap where rows share a worst
+    refusal (every one of Qwen's is at 0)."""
     w = worst_attacks(df)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    ax.plot([0, 100], [0, 100], color="0.7", lw=1, ls="--")
-    for r in w.itertuples():
-        ax.errorbar(r.plain, r.worst, xerr=[[r.plain - r.plain_lo], [r.plain_hi - r.plain]],
-                    yerr=[[r.worst - r.worst_lo], [r.worst_hi - r.worst]], fmt="o", capsize=2, ms=5)  # fmt: skip
-        ax.annotate(f"{r.method} ({r.worst_attack})", (r.plain, r.worst), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")  # fmt: skip
-    ax.set(xlim=(-2, 102), ylim=(-2, 102), xlabel="harmful refusal, plain (%)",
-           ylabel="harmful refusal, worst attack (%)", title=f"Robustness to jailbreaks: {model}")  # fmt: skip
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.4, 5.4 + 0.16 * (len(w) + 1) // 2), sharey=True)
+    for i, r in enumerate(w.itertuples()):
+        style = {"fmt": MARKERS[i % len(MARKERS)], "color": plt.cm.tab20(i % 20), "ms": 5, "alpha": 0.85}
+        left.errorbar(r.plain, r.worst, xerr=[[r.plain - r.plain_lo], [r.plain_hi - r.plain]],
+                      yerr=[[r.worst - r.worst_lo], [r.worst_hi - r.worst]], capsize=2,
+                      label=f"{r.method}: {r.worst_attack}", **style)  # fmt: skip
+        right.errorbar(r.plain, r.attacked, **style)
+    for ax, ylabel in ((left, "harmful refusal, worst attack (%)"), (right, "harmful refusal, mean over attacks (%)")):
+        ax.plot([0, 100], [0, 100], color="0.7", lw=1, ls="--")
+        ax.set(xlim=(-2, 102), ylim=(-2, 102), xlabel="harmful refusal, plain (%)", ylabel=ylabel)
+        ax.yaxis.set_tick_params(labelleft=True)
+    fig.suptitle(f"Robustness to jailbreaks: {model}")
+    fig.legend(*left.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=2,
+               fontsize=7, frameon=False, title="row: its worst attack", title_fontsize=7)  # fmt: skip
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=130)
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
 
