@@ -191,7 +191,7 @@ def jailbreak_figure(df: pd.DataFrame, path: Path, model: str) -> None:
     and marker in a legend below the axes, not by labels on the points, which overlap where rows share a worst
     refusal (every one of Qwen's is at 0)."""
     w = worst_attacks(df)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.4, 5.4 + 0.16 * (len(w) + 1) // 2), sharey=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.4, 5.4 + 0.16 * ((len(w) + 1) // 2)), sharey=True)
     for i, r in enumerate(w.itertuples()):
         style = {"fmt": MARKERS[i % len(MARKERS)], "color": plt.cm.tab20(i % 20), "ms": 5, "alpha": 0.85}
         left.errorbar(r.plain, r.worst, xerr=[[r.plain - r.plain_lo], [r.plain_hi - r.plain]],
