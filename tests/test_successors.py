@@ -236,10 +236,11 @@ def tiny_run(tiny_model_dir, tmp_path, data_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["cast", "adasteer", "alphasteer", "llm_va"])
-def test_successor_end_to_end(tiny_run, name):
+def test_successor_end_to_end(tiny_run, name, monkeypatch):
     from scans import methods
     from scans.data import Prompt
-    from scans.stages import steer
+    from scans.methods import pools
+    from scans.stages import Run, classify, steer
 
     method = methods.load(tiny_run, name)
     assert all(getattr(method, f) is not None for f in ("alpha", "threshold", "alpha_reject", "select") if
@@ -252,6 +253,11 @@ def test_successor_end_to_end(tiny_run, name):
     if name in ("cast", "adasteer"):
         assert coefs.shape == (4,)
         assert torch.equal(coefs, method.coefficients(tiny_run, prompts, None))  # cached equals fresh
+        # another run (a later stage, another process) reads the named set's states from their artifact
+        for where in (classify, pools):
+            monkeypatch.setattr(where, "prompt_states", lambda *a, **k: pytest.fail("states recomputed"))
+        later = Run(tiny_run.cfg)
+        assert torch.equal(coefs, methods.load(later, name).coefficients(later, prompts, "probe"))
     rows = steer.respond(tiny_run, method, "probe", prompts)
     assert len(rows) == 4
     again = methods.build(methods.node(tiny_run.cfg, name)).resolve(tiny_run)

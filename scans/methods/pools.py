@@ -80,16 +80,15 @@ def prompt_states(run, texts: Sequence[str], layers: Sequence[int], desc: str, r
 
 
 def query_states(run, prompts: Sequence, name: str | None, layers: Sequence[int], reduce: str = "last") -> torch.Tensor:
-    """`prompt_states` of a prompt set, the unsteered model's, computed once per run and set (a method's
-    per-query coefficients are asked for by several stages)."""
-    texts = [p.text for p in prompts]
-    key = ("query_states", name, stable_hash(texts), tuple(layers), reduce)
+    """`prompt_states` of a prompt set, the unsteered model's. A named set's are the `query_states` artifact (written
+    once per model, set, layers and pooling, then read by every stage and run that asks for a method's per-query
+    coefficients: CAST's condition, AdaSteer's coordinates); None computes them afresh (the cost stage times this)."""
+    if name is None:
+        return prompt_states(run, [p.text for p in prompts], layers, None, reduce)
+    key = ("query_states", name, stable_hash([p.text for p in prompts]), tuple(layers), reduce)
     cache = run.methods_cache
-    if name is None or key not in cache:
-        states = prompt_states(run, texts, layers, None, reduce)
-        if name is None:
-            return states
-        cache[key] = states
+    if key not in cache:
+        cache[key] = run.artifact("query_states", name=name, prompts=list(prompts), layers=tuple(layers), reduce=reduce)
     return cache[key]
 
 

@@ -3,7 +3,9 @@
 One forward pass of "prompt + Sure" per set (`features`: a_p and a_e at every layer) is cached and shared by the
 feature classifiers (scans.steering.harm); σ(q)'s per-layer cosines with the harm direction (Eqs. 2-4) are cached
 beside it, so that a change of 𝓛 or 𝒯 (a sweep) needs no forward pass. Anchor sets, fitted classifiers and
-GradSafe's per-prompt scores are cached too.
+GradSafe's per-prompt scores are cached too, and so are the prompt states that the successors' per-query conditions
+read (`query_states`: CAST's condition, AdaSteer's coordinates), so a later stage or run reads rather than recomputes
+them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from scans.artifacts import load_tensors, read_json, save_tensors, stable_hash, 
 from scans.data import BENIGN, HARMFUL, Prompt, load_prompts
 from scans.data.overlap import rule
 from scans.errors import ConfigError
+from scans.methods.pools import prompt_states
 from scans.models import encode
 from scans.stages.context import Run, prompts_hash
 from scans.stages.producers import produces, view
@@ -32,6 +35,7 @@ SIMS = "layer_similarities.safetensors"
 FEATURES = "features.safetensors"
 FITTED = "classifier.safetensors"
 SCORES = "scores.safetensors"
+STATES = "states.safetensors"
 
 
 def key(r: Run, name: str, prompts: list[Prompt]) -> str:
@@ -90,6 +94,25 @@ def _build_similarities(r: Run, tmp: Path, name: str, prompts: list[Prompt]) -> 
 def similarities(r: Run, name: str, prompts: list[Prompt]) -> torch.Tensor:
     """(N, L) per-layer σ(q) similarities of one set (the steering anchors' harm direction), cached."""
     return r.artifact("similarities", name=name, prompts=list(prompts))
+
+
+def states_key(r: Run, name: str, prompts: list[Prompt], layers: tuple[int, ...], reduce: str) -> str:
+    inputs = {"model": r.model_identity, "prompts": prompts_hash(prompts), "layers": list(layers), "reduce": reduce,
+              "batch_size": int(r.cfg.classify.batch_size)}  # fmt: skip
+    return f"states-{name}-{stable_hash(inputs)}"
+
+
+def _load_states(r: Run, path: Path, **_) -> torch.Tensor:
+    return load_tensors(path / STATES)["states"]
+
+
+@produces("query_states", STAGE, states_key, _load_states)
+def _build_states(r: Run, tmp: Path, name: str, prompts: list[Prompt], layers: tuple[int, ...], reduce: str) -> dict:
+    """(N, len(layers), D) unsteered prompt states of a named set (`scans.methods.pools.prompt_states`)."""
+    states = prompt_states(r, [p.text for p in prompts], layers, f"states {name}", reduce)
+    save_tensors(tmp / STATES, {"states": states})
+    write_jsonl(tmp / "prompts.jsonl", [{"text": p.text, "label": p.label} for p in prompts])
+    return {"set": name, "n": len(prompts), "layers": list(layers), "reduce": reduce}
 
 
 # --- anchor sets and classifiers ---------------------------------------------------------------------------------
